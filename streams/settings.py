@@ -1,0 +1,95 @@
+"""The one configuration object, read from environment variables at the edge (the CLI).
+
+Library packages (``topics``, ``sinks``, ``schemas``, ``devstack``) never read the environment:
+``cli.py`` builds ``Settings()`` once and passes explicit values down.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StageTimeouts(BaseModel):
+    """Per-kind deadlines in seconds (``INBOXFLOW_TIMEOUTS__NORMALIZE=90``).
+
+    The old system used one 3-minute timeout for everything; each stage gets its own here.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    sync_base: float = 120.0
+    sync_per_1000_messages: float = 60.0
+    normalize: float = 90.0
+    extract: float = 45.0
+    embed: float = 240.0
+    insight: float = 240.0
+
+    def sync_for(self, mailbox_messages: int) -> float:
+        """Return the sync deadline for a mailbox of the given size (minutes, never a fixed 3)."""
+        return self.sync_base + self.sync_per_1000_messages * mailbox_messages / 1000
+
+
+class Settings(BaseSettings):
+    """Everything inboxflow reads from the environment. Defaults work on the local stack."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="INBOXFLOW_",
+        env_nested_delimiter="__",
+        frozen=True,
+        populate_by_name=True,
+        extra="ignore",
+    )
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices(
+            "KAFKA_BOOTSTRAP_SERVERS", "INBOXFLOW_KAFKA_BOOTSTRAP_SERVERS"
+        ),
+        description="Kafka bootstrap servers, comma separated.",
+    )
+    database_url: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/inboxflow"),
+        validation_alias=AliasChoices("DATABASE_URL", "INBOXFLOW_DATABASE_URL"),
+        description="libpq connection URL of the Postgres that holds the jobs table.",
+    )
+    schema_registry_url: str | None = Field(
+        None,
+        description="Confluent-compatible schema registry; unset means Avro single-object encoding.",
+    )
+    stack: Literal["local", "testcontainers"] = Field(
+        "local",
+        description="How `dev up` and the tests start Kafka and Postgres when no URLs are given.",
+    )
+    state_dir: str = Field(
+        "~/.cache/inboxflow",
+        description="Where the local stack keeps its jar cache, data directories and state file.",
+    )
+    topic_partitions: int = Field(6, description="Partitions for topics that `topics apply` creates.")
+    topic_replication: int = Field(1, description="Replication factor for created topics.")
+    gmail_api_root: str = Field(
+        "https://gmail.googleapis.com/",
+        description="Root URL of the Gmail API; point it at the emulator for local runs.",
+    )
+    gmail_quota_table: Literal["2026", "legacy"] = Field(
+        "2026", description="Gmail quota cost table the limiter budgets with."
+    )
+    gmail_user_units_per_minute: int = Field(
+        6000, description="Per-user quota ceiling in units per minute."
+    )
+    gmail_credentials_dir: str | None = Field(
+        None,
+        description="Folder of per-user OAuth token JSON files; unset means anonymous (emulator).",
+    )
+    embedding_provider: Literal["local", "openai"] = Field(
+        "local", description="`local` runs a bundled CPU model; `openai` calls an HTTP API."
+    )
+    embedding_api_url: str = Field(
+        "http://127.0.0.1:8089/v1", description="OpenAI-compatible embeddings endpoint."
+    )
+    embedding_api_key: SecretStr = Field(SecretStr(""), description="Bearer token for the API.")
+    embedding_model: str = Field("all-MiniLM-L6-v2", description="Embedding model name.")
+    timeouts: StageTimeouts = StageTimeouts()
+    metrics_port: int = Field(0, description="Prometheus metrics port for workers; 0 disables.")
