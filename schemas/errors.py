@@ -1,16 +1,18 @@
-"""Failure taxonomy shared by every stage: the contract for DLQ headers and ``jobs.last_error_class``.
+"""Failure taxonomy shared by every stage: the contract for DLQ headers and job rows.
+
+``RetryClass`` values are written to DLQ headers and ``jobs.last_error_class``.
 
 Each exception carries the retry class that decides what happens to the record that raised it::
 
     InboxflowError                  (PERMANENT unless a subclass says otherwise)
     ├── TransientError              TRANSIENT   network blips, 5xx, database restarts
-    │   └── DependencyUnavailableError  TRANSIENT   a circuit breaker is open
-    ├── RateLimitedError            RATE_LIMIT  429 / 403 rateLimitExceeded; retry_after from the remote
+    │   └── DependencyUnavailableError  TRANSIENT   circuit breaker open
+    ├── RateLimitedError            RATE_LIMIT  429 / 403 rateLimitExceeded; retry_after set
     ├── QuotaExceededError          QUOTA       daily or per-minute quota used up; due at the reset
     ├── StageTimeoutError           TIMEOUT     a stage ran past its per-kind deadline
     └── PermanentError              PERMANENT   retrying cannot help
         ├── UndecodableRecordError  PERMANENT   bytes that no known schema reads
-        └── StaleHistoryError       PERMANENT   history id outside Gmail's window; sync does a full resync
+        └── StaleHistoryError       PERMANENT   historyId too old; sync does a full resync
 
 This module must not import anything outside the standard library.
 """

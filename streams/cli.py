@@ -6,18 +6,43 @@ import logging
 
 import click
 
+from devstack.cli import dev
+from streams.run import run
+from streams.settings import Settings
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
-def cli(verbose: int) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
     """inboxflow: Gmail mailboxes as clean, replayable Kafka event streams."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    ctx.obj = Settings()
+
+
+@cli.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command()
+@click.pass_obj
+def migrate(settings: Settings) -> None:
+    """Apply pending migrations to DATABASE_URL (idempotent)."""
+    from sinks.migrate import apply_migrations
+
+    applied = apply_migrations(settings.database_url.get_secret_value())
+    click.echo(f"Applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}.")
 
 
 @cli.group()
 def bench() -> None:
     """Benchmarks that print figures against a naive peer measured in the same run."""
+
+
+cli.add_command(dev)
+cli.add_command(run)
 
 
 def main() -> None:

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     )
     schema_registry_url: str | None = Field(
         None,
-        description="Confluent-compatible schema registry; unset means Avro single-object encoding.",
+        description="Confluent-compatible schema registry; unset: Avro single-object encoding.",
     )
     stack: Literal["local", "testcontainers"] = Field(
         "local",
@@ -67,7 +67,9 @@ class Settings(BaseSettings):
         "~/.cache/inboxflow",
         description="Where the local stack keeps its jar cache, data directories and state file.",
     )
-    topic_partitions: int = Field(6, description="Partitions for topics that `topics apply` creates.")
+    topic_partitions: int = Field(
+        6, description="Partitions for topics that `topics apply` creates."
+    )
     topic_replication: int = Field(1, description="Replication factor for created topics.")
     gmail_api_root: str = Field(
         "https://gmail.googleapis.com/",
