@@ -1,0 +1,111 @@
+"""Split message text into overlapping chunks for embedding (pure, synchronous, deterministic).
+
+The embed agent calls :func:`chunk_text` on ``EmailNormalized.text`` and embeds each chunk.
+No I/O, no clock, no settings.
+
+Rules: a chunk is at most ``max_chars`` characters and is an exact slice of the input
+(``text[chunk.start:chunk.end] == chunk.text``), trimmed of surrounding whitespace and never
+empty. A chunk ends, in order of preference, at a paragraph break, a line break, a sentence end
+or a space found in the second half of the window, else it is cut hard at ``max_chars``. The
+next chunk starts up to ``overlap`` characters before the previous end, at a word start.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["Chunk", "chunk_text"]
+
+# Break candidates, best first. Each pattern's match end is where a chunk may end.
+_BREAKS = (
+    re.compile(r"\n[ \t]*\n"),  # paragraph
+    re.compile(r"\n"),  # line
+    # Sentence end: Latin stops before a space; CJK full stops need none.
+    re.compile(r"[.!?][\"')\]]*(?=\s)|[\u3002\uff01\uff1f]"),
+    re.compile(r"\s"),  # word
+)
+_SPACE = re.compile(r"\s")
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One piece of text to embed; ``start``/``end`` index into the chunked text."""
+
+    index: int
+    text: str
+    start: int
+    end: int
+
+
+def chunk_text(text: str, *, max_chars: int = 1000, overlap: int = 100) -> list[Chunk]:
+    """Split ``text`` into chunks of at most ``max_chars`` characters.
+
+    Pure and deterministic. Every non-whitespace character of ``text`` is in at least one chunk.
+
+    Args:
+        text: The text to split.
+        max_chars: Upper bound on a chunk's length; must be positive.
+        overlap: How many characters a chunk may repeat from the end of the previous one;
+            ``0 <= overlap < max_chars``.
+
+    Returns:
+        The chunks in order, indexed from 0; ``[]`` for empty or whitespace-only text.
+
+    Raises:
+        ValueError: ``max_chars`` or ``overlap`` is out of range.
+    """
+    if max_chars <= 0:
+        raise ValueError(f"max_chars must be positive, got {max_chars}")
+    if not 0 <= overlap < max_chars:
+        raise ValueError(f"overlap must be in [0, max_chars), got {overlap}")
+    chunks: list[Chunk] = []
+    start = _skip_space(text, 0)
+    while start < len(text):
+        end = _chunk_end(text, start, max_chars)
+        chunks.append(_trimmed(len(chunks), text, start, end))
+        if end >= len(text):
+            break
+        start = _skip_space(text, _next_start(text, start, end, overlap))
+    return chunks
+
+
+def _chunk_end(text: str, start: int, max_chars: int) -> int:
+    """Return where the chunk starting at ``start`` ends (exclusive)."""
+    limit = start + max_chars
+    if limit >= len(text):
+        return len(text)
+    window = text[start:limit]
+    earliest = max_chars // 2
+    for pattern in _BREAKS:
+        best = -1
+        for match in pattern.finditer(window, earliest):
+            best = match.end()
+        if best > 0:
+            return start + best
+    return limit
+
+
+def _next_start(text: str, start: int, end: int, overlap: int) -> int:
+    """Return the next chunk's start: ``overlap`` back from ``end``, moved to a word start."""
+    if overlap == 0:
+        return end
+    candidate = max(end - overlap, start + 1)
+    if candidate > 0 and not text[candidate - 1].isspace():
+        space = _SPACE.search(text, candidate, end)
+        # No space in the overlap (e.g. CJK text): start mid-run rather than lose the overlap.
+        if space is not None:
+            candidate = space.end()
+    return candidate
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position].isspace():
+        position += 1
+    return position
+
+
+def _trimmed(index: int, text: str, start: int, end: int) -> Chunk:
+    piece = text[start:end]
+    stripped = piece.rstrip()
+    return Chunk(index=index, text=stripped, start=start, end=start + len(stripped))
