@@ -59,7 +59,7 @@ Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1), AvroPrimitive("int")]
 """Avro ``int``."""
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), AvroPrimitive("long")]
 """Avro ``long``."""
-Float32Vector = Annotated[list[float], AfterValidator(_float32)]
+Float32Vector = Annotated[list[Annotated[float, AvroPrimitive("float")]], AfterValidator(_float32)]
 """Avro ``array<float>``."""
 
 
