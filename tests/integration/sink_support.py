@@ -1,0 +1,235 @@
+"""Shared pieces of the sink tests: event sets with known final tables, topics, a running sink."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from fastavro import schemaless_writer
+from prometheus_client import CollectorRegistry
+
+from schemas import serde
+from schemas.models import Event, JobKind, JobStateChanged, JobStatus
+from schemas.store import default_store
+from sinks.base import PostgresSink, RowWriter, SinkConfig
+from sinks.metrics import SinkMetrics
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+STATUSES = [JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.RETRYING, JobStatus.DONE]
+
+
+def job_events(jobs: int, versions: int, seed: int = 7) -> list[JobStateChanged]:
+    """Return ``versions`` state changes of each of ``jobs`` jobs, in version order."""
+    rng = random.Random(seed)
+    events = []
+    for number in range(jobs):
+        user = f"user-{number % 50}"
+        subject = f"msg-{number}"
+        start = EPOCH + timedelta(seconds=rng.randrange(86_400))
+        for version in range(1, versions + 1):
+            events.append(
+                JobStateChanged(
+                    user_id=user,
+                    job_id=JobStateChanged.make_job_id(
+                        JobKind.NORMALIZE_GOOGLE_EMAIL, user, subject
+                    ),
+                    kind=JobKind.NORMALIZE_GOOGLE_EMAIL,
+                    status=STATUSES[min(version - 1, len(STATUSES) - 1)],
+                    attempts=version - 1,
+                    subject_id=subject,
+                    batch_id=f"batch-{number % 7}",
+                    version=version,
+                    occurred_at=start + timedelta(seconds=version),
+                )
+            )
+    return events
+
+
+def shuffled_with_duplicates(
+    events: Sequence[Event], duplicates: float, seed: int = 11
+) -> list[Event]:
+    """Return the events plus a share of repeats, in random order."""
+    rng = random.Random(seed)
+    extra = rng.sample(list(events), int(len(events) * duplicates))
+    mixed = [*events, *extra]
+    rng.shuffle(mixed)
+    return mixed
+
+
+def expected_jobs(events: Iterable[JobStateChanged]) -> dict[str, tuple[Any, ...]]:
+    """Return the ``jobs`` rows the events must leave: the last version, the first time."""
+    latest: dict[str, JobStateChanged] = {}
+    first: dict[str, datetime] = {}
+    for event in events:
+        if event.job_id not in latest or event.version > latest[event.job_id].version:
+            latest[event.job_id] = event
+        first[event.job_id] = min(first.get(event.job_id, event.occurred_at), event.occurred_at)
+    return {
+        job_id: (
+            str(event.status),
+            event.attempts,
+            event.version,
+            first[job_id],
+            event.occurred_at,
+        )
+        for job_id, event in latest.items()
+    }
+
+
+def read_jobs(database_url: str) -> dict[str, tuple[Any, ...]]:
+    """Return the jobs table in the shape of ``expected_jobs``."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT id, status, attempts, version, created_at, updated_at FROM jobs"
+        ).fetchall()
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def count_rows(database_url: str, table: str) -> int:
+    """Return the number of rows in a table (names come from the tests, not from users)."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+    assert row is not None
+    return int(row[0])
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:
+    """Create a topic and wait until the broker reports it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    values: Iterable[tuple[bytes | None, bytes | None]],
+    headers: list[tuple[str, bytes]] | None = None,
+) -> dict[int, int]:
+    """Send (key, value) pairs, wait until all are acknowledged; return the end offsets touched."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        pending = [
+            await producer.send(topic, key=key, value=value, headers=headers)
+            for key, value in values
+        ]
+        delivered = await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    ends: dict[int, int] = {}
+    for meta in delivered:
+        ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+    return ends
+
+
+def encode_events(events: Sequence[Event]) -> list[bytes]:
+    """Return the single-object encoding of each event, as ``serde.encode`` would.
+
+    ``serde.encode`` recomputes the schema fingerprint on every call (about 0.4 ms), which
+    alone would take 40 s for the 100 000-event test; the frame header is reused instead and
+    checked against ``serde.encode`` for every event type present.
+    """
+    encoded: list[bytes] = []
+    headers: dict[type[Event], tuple[bytes, Any]] = {}
+    for event in events:
+        model = type(event)
+        reference = None
+        if model not in headers:
+            reference = serde.encode(event)
+            headers[model] = (reference[: serde.SOE_HEADER_SIZE], default_store().current(model))
+        header, known = headers[model]
+        body = io.BytesIO()
+        schemaless_writer(body, known.parsed, event.model_dump())
+        encoded.append(header + body.getvalue())
+        assert reference is None or encoded[-1] == reference
+    return encoded
+
+
+async def produce_events(bootstrap: str, topic: str, events: Sequence[Event]) -> dict[int, int]:
+    """Send events encoded as the project serde does, keyed by user; return the end offsets."""
+    values = encode_events(events)
+    return await produce(
+        bootstrap,
+        topic,
+        ((event.kafka_key(), value) for event, value in zip(events, values, strict=True)),
+    )
+
+
+def merge_ends(*ends: dict[int, int]) -> dict[int, int]:
+    """Return the highest end offset per partition over several ``produce`` results."""
+    merged: dict[int, int] = {}
+    for each in ends:
+        for partition, offset in each.items():
+            merged[partition] = max(merged.get(partition, 0), offset)
+    return merged
+
+
+async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> list[Any]:
+    """Return the first ``count`` records of a topic (all partitions), waiting up to timeout."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(records) < count:
+                for batch in (await consumer.getmany(timeout_ms=200)).values():
+                    records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records
+
+
+def stored_offsets(database_url: str, group_id: str) -> dict[int, int]:
+    """Return the sink's stored next offset per partition."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT partition, next_offset FROM sink_offsets WHERE group_id = %s", (group_id,)
+        ).fetchall()
+    return {int(p): int(o) for p, o in rows}
+
+
+@dataclass
+class RunningSink:
+    """A sink running in this event loop, with its private metrics."""
+
+    sink: PostgresSink
+    metrics: SinkMetrics
+    registry: CollectorRegistry
+
+    def value(self, name: str) -> float:
+        """Return a sample of this sink's metrics, e.g. ``inboxflow_sink_rows_total``."""
+        return self.registry.get_sample_value(name, {"sink": "test"}) or 0.0
+
+
+@asynccontextmanager
+async def running_sink(
+    config: SinkConfig, writers: dict[str, RowWriter[Any]]
+) -> AsyncIterator[RunningSink]:
+    """Run a sink until the block ends; re-raise whatever made it fail."""
+    registry = CollectorRegistry()
+    metrics = SinkMetrics("test", registry=registry)
+    sink = PostgresSink(config, writers, metrics)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    try:
+        yield RunningSink(sink, metrics, registry)
+        if task.done():
+            task.result()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
