@@ -9,6 +9,7 @@ import click
 from devstack.cli import dev
 from streams.run import run
 from streams.settings import Settings
+from topics.cli import topics
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,6 +44,7 @@ def bench() -> None:
 
 cli.add_command(dev)
 cli.add_command(run)
+cli.add_command(topics)
 
 
 def main() -> None:
