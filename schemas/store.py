@@ -86,16 +86,13 @@ class KnownSchema:
     version: int | None  # None: the current file, not (yet) released
     schema: Schema
     parsed: Any  # fastavro's parsed form, built once
-
-    @property
-    def fingerprint(self) -> bytes:
-        """Return the 8-byte CRC-64-AVRO fingerprint of this schema."""
-        return schema_fingerprint(self.schema)
+    fingerprint: bytes  # 8-byte CRC-64-AVRO, computed once
 
 
-def _parse(schema: Schema) -> Any:
+def _known(model: type[Event], full_name: str, version: int | None, schema: Schema) -> KnownSchema:
     # A fresh named_schemas per schema: versions of one record redefine the same nested names.
-    return parse_schema(schema, named_schemas={})
+    parsed = parse_schema(schema, named_schemas={})
+    return KnownSchema(model, full_name, version, schema, parsed, schema_fingerprint(schema))
 
 
 class SchemaStore:
@@ -105,22 +102,23 @@ class SchemaStore:
     """
 
     def __init__(self, models: Iterable[type[Event]] = EVENT_MODELS) -> None:
+        """Index the packaged current and released schemas of ``models``."""
         self._current: dict[type[Event], KnownSchema] = {}
         self._by_fingerprint: dict[bytes, KnownSchema] = {}
         for model in models:
-            self._add_model(model)
+            self.add(model, load_current_schema(model), load_released_schemas(model))
 
-    def _add_model(self, model: type[Event]) -> None:
-        current = load_current_schema(model)
-        full_name = f"{current['namespace']}.{current['name']}"
+    def add(self, model: type[Event], current: Schema, released: Mapping[int, Schema]) -> None:
+        """Index ``model``'s current schema and its released versions (tests pass their own)."""
+        full_name = f"{current.get('namespace')}.{current['name']}"
         if full_name != model.avro_full_name():
             raise ValueError(f"{model.avro_file} defines {full_name}, not {model.avro_full_name()}")
-        known = KnownSchema(model, full_name, None, current, _parse(current))
+        known = _known(model, full_name, None, current)
         self._current[model] = known
-        for version, schema in load_released_schemas(model).items():
-            released = KnownSchema(model, full_name, version, schema, _parse(schema))
-            # An unchanged layout shares the fingerprint: keep the current one as reader.
-            self._by_fingerprint.setdefault(released.fingerprint, released)
+        for version, schema in released.items():
+            old = _known(model, full_name, version, schema)
+            # An unchanged layout shares the fingerprint: the current one wins below.
+            self._by_fingerprint.setdefault(old.fingerprint, old)
         self._by_fingerprint[known.fingerprint] = known
 
     def current(self, model: type[Event]) -> KnownSchema:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import avro.io
 import avro.schema
 import pytest
+from fastavro import parse_schema, schemaless_writer
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -17,7 +20,13 @@ from schemas import serde
 from schemas.errors import PermanentError, UndecodableRecordError
 from schemas.examples import example_events
 from schemas.models import EVENT_MODELS, EmbeddedChunk, Event, JobStateChanged, SyncRequested
-from schemas.store import canonical_form, default_store, load_current_schema, schema_fingerprint
+from schemas.store import (
+    SchemaStore,
+    canonical_form,
+    default_store,
+    load_current_schema,
+    schema_fingerprint,
+)
 
 EXAMPLES = example_events()
 
@@ -213,3 +222,40 @@ def test_encoding_a_value_the_schema_cannot_hold_is_permanent() -> None:
 
     with pytest.raises(PermanentError, match=r"cannot encode .* on field reason"):
         serde.encode(broken)
+
+
+# --- data written with older and newer schema versions -----------------------------------------
+
+
+def _sync_requested_v0() -> dict[str, Any]:
+    """A pretend earlier release of SyncRequested without the defaulted ``reason`` field."""
+    schema = copy.deepcopy(load_current_schema(SyncRequested))
+    schema["fields"] = [f for f in schema["fields"] if f["name"] != "reason"]
+    return schema
+
+
+def _frame(schema: dict[str, Any], record: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    schemaless_writer(buffer, parse_schema(schema, named_schemas={}), record)
+    return b"\xc3\x01" + schema_fingerprint(schema) + buffer.getvalue()
+
+
+def test_data_written_with_a_released_older_version_still_decodes() -> None:
+    old = _sync_requested_v0()
+    store = SchemaStore(models=())
+    store.add(SyncRequested, load_current_schema(SyncRequested), {1: old})
+    record = {"user_id": "u", "sync_id": "s", "full": True, "requested_at": datetime.now(UTC)}
+
+    event = serde.SingleObjectSerde(store).decode(_frame(old, record), SyncRequested)
+
+    assert event.reason == "requested"  # filled from the current schema's default
+    assert event.sync_id == "s"
+
+
+def test_data_from_an_unreleased_newer_version_is_undecodable() -> None:
+    newer = copy.deepcopy(load_current_schema(SyncRequested))
+    newer["fields"].append({"name": "priority", "type": "int", "default": 0, "doc": "x"})
+    record = {**EXAMPLES[SyncRequested].model_dump(), "priority": 3}
+
+    with pytest.raises(UndecodableRecordError, match="upgrade this consumer"):
+        serde.decode(_frame(newer, record), SyncRequested)
