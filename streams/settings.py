@@ -67,6 +67,10 @@ class Settings(BaseSettings):
         "~/.cache/inboxflow",
         description="Where the local stack keeps its jar cache, data directories and state file.",
     )
+    topic_namespace: str = Field(
+        "inboxflow",
+        description="First part of every topic and consumer group name (tests use their own).",
+    )
     topic_partitions: int = Field(
         6, description="Partitions for topics that `topics apply` creates."
     )
@@ -93,5 +97,21 @@ class Settings(BaseSettings):
     )
     embedding_api_key: SecretStr = Field(SecretStr(""), description="Bearer token for the API.")
     embedding_model: str = Field("all-MiniLM-L6-v2", description="Embedding model name.")
+    embedding_dimension: int = Field(384, description="Vector length of the embedding model.")
+    namespace: str = Field(
+        "inboxflow", description="First part of every topic and consumer group name."
+    )
+    retry_ladders: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description='Retry delays in seconds per agent, JSON: {"normalize": [5, 30, 120, 600]}.',
+    )
+    gmail_quota_window_seconds: float = Field(
+        60.0, description="Gmail quota window; the per-user ceiling applies per window."
+    )
+    batch_size: int = Field(100, description="Records an agent takes at once.")
+    batch_wait: float = Field(0.2, description="Seconds an agent waits to fill a batch.")
+    insight_interval_seconds: float = Field(
+        30.0, description="At most one InsightProduced per user per this many seconds."
+    )
     timeouts: StageTimeouts = StageTimeouts()
     metrics_port: int = Field(0, description="Prometheus metrics port for workers; 0 disables.")
