@@ -125,18 +125,16 @@ def _failed_record_message() -> dict[str, Any]:
     }
 
 
-def _operation(
-    catalogue: Catalogue, group: ConsumerGroup, action: str, spec: TopicSpec
-) -> dict[str, Any]:
+def _operation(catalogue: Catalogue, group_id: str, action: str, spec: TopicSpec) -> dict[str, Any]:
     channel = _channel_id(catalogue, spec)
     return {
         "action": action,
         "channel": {"$ref": f"#/channels/{channel}"},
-        "summary": f"{group.group_id} {action}s {spec.name}.",
+        "summary": f"{group_id} {action}s {spec.name}.",
         "messages": [{"$ref": f"#/channels/{channel}/messages/{_message_name(spec)}"}],
         "bindings": {
             "kafka": {
-                "groupId": {"type": "string", "enum": [group.group_id]},
+                "groupId": {"type": "string", "enum": [group_id]},
                 "bindingVersion": KAFKA_BINDING_VERSION,
             }
         },
@@ -144,15 +142,16 @@ def _operation(
 
 
 def _group_operations(catalogue: Catalogue, group: ConsumerGroup) -> dict[str, dict[str, Any]]:
-    routes = [("receive", spec) for spec in group.sources]
-    routes += [("send", spec) for spec in group.produces]
-    routes += [("receive", tier.topic) for tier in group.retry_tiers]
-    routes += [("send", spec) for spec in group.failure_topics]
+    main, relay = group.group_id, group.retry_group_id
+    routes = [(main, "receive", spec) for spec in group.sources]
+    routes += [(main, "send", spec) for spec in group.produces]
+    routes += [(relay, "receive", tier.topic) for tier in group.retry_tiers]
+    routes += [(main, "send", spec) for spec in group.failure_topics]
     return {
         f"{group.agent}-{action}-{_channel_id(catalogue, spec)}": _operation(
-            catalogue, group, action, spec
+            catalogue, group_id, action, spec
         )
-        for action, spec in routes
+        for group_id, action, spec in routes
     }
 
 

@@ -8,7 +8,8 @@ Naming (also in ``docs/topics.md``):
 - event topics ``<ns>.<domain>.<event>.v<major>``, e.g. ``inboxflow.gmail.message-fetched.v1``;
   dots between parts, hyphens within, never ``_`` (Kafka's metric names confuse ``.`` and ``_``);
   ``v<major>`` changes only with an incompatible schema, as a new topic;
-- consumer group = faust app id ``<ns>-<agent>``, e.g. ``inboxflow-normalize``;
+- consumer group = faust app id ``<ns>-<agent>``, e.g. ``inboxflow-normalize``; its retry tiers
+  are consumed by ``<ns>-<agent>-retry``;
 - retry tiers ``<ns>.<agent>.retry.<delay>``, e.g. ``inboxflow.normalize.retry.30s``;
 - dead-letter topic ``<ns>.<agent>.dlq``.
 
@@ -113,6 +114,11 @@ class ConsumerGroup:
     dlq: TopicSpec
 
     @property
+    def retry_group_id(self) -> str:
+        """Return the group that consumes this group's retry tiers (``<group_id>-retry``)."""
+        return f"{self.group_id}-retry"
+
+    @property
     def max_attempts(self) -> int:
         """Return how many times a record is tried before it goes to the dead-letter topic."""
         return 1 + len(self.retry_tiers)
@@ -145,6 +151,7 @@ class ConsumerGroup:
                 {"delay_seconds": tier.delay_seconds, "topic": tier.topic.name}
                 for tier in self.retry_tiers
             ],
+            "retry_group_id": self.retry_group_id,
             "dlq": self.dlq.name,
             "max_attempts": self.max_attempts,
         }

@@ -29,6 +29,8 @@ class TopicSettings(Protocol):
     def topic_partitions(self) -> int: ...
     @property
     def topic_replication(self) -> int: ...
+    @property
+    def topic_namespace(self) -> str: ...
 
 
 def _settings() -> TopicSettings:
@@ -36,16 +38,20 @@ def _settings() -> TopicSettings:
     return settings
 
 
-def _catalogue(namespace: str) -> Catalogue:
+def _catalogue(namespace: str | None) -> Catalogue:
     settings = _settings()
-    return build_catalogue(namespace, settings.topic_partitions, settings.topic_replication)
+    return build_catalogue(
+        namespace or settings.topic_namespace,
+        settings.topic_partitions,
+        settings.topic_replication,
+    )
 
 
 _namespace_option = click.option(
     "--namespace",
-    default=DEFAULT_NAMESPACE,
-    show_default=True,
-    help="First part of every topic and group name.",
+    default=None,
+    help="First part of every topic and group name [default: INBOXFLOW_TOPIC_NAMESPACE or "
+    f"{DEFAULT_NAMESPACE}].",
 )
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -58,7 +64,7 @@ def topics() -> None:
 @topics.command()
 @_namespace_option
 @_json_option
-def apply(namespace: str, as_json: bool) -> None:
+def apply(namespace: str | None, as_json: bool) -> None:
     """Create missing topics and converge configs and partitions (idempotent)."""
     catalogue = _catalogue(namespace)
     bootstrap = _settings().kafka_bootstrap_servers
@@ -88,7 +94,7 @@ def _print_report(report: ApplyReport) -> None:
 @topics.command()
 @_namespace_option
 @_json_option
-def describe(namespace: str, as_json: bool) -> None:
+def describe(namespace: str | None, as_json: bool) -> None:
     """Print the topic map: topics, keys, schemas, retention, groups and retry ladders."""
     catalogue = _catalogue(namespace)
     if as_json:
@@ -105,7 +111,7 @@ def describe(namespace: str, as_json: bool) -> None:
         if group.produces:
             click.echo(f"      writes   {', '.join(s.name for s in group.produces)}")
         ladder = " -> ".join(tier.topic.name for tier in group.retry_tiers) or "(none)"
-        click.echo(f"      retries  {ladder}")
+        click.echo(f"      retries  {ladder} (relayed by group {group.retry_group_id})")
         click.echo(f"      dead     {group.dlq.name} (after {group.max_attempts} attempts)")
 
 

@@ -200,6 +200,15 @@ def test_describe_json_is_the_catalogue() -> None:
     }
 
 
+def test_describe_uses_the_namespace_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INBOXFLOW_TOPIC_NAMESPACE", "acme")
+
+    result = CliRunner().invoke(cli, ["topics", "describe", "--json"])
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["namespace"] == "acme"
+
+
 def test_describe_text_names_topics_schemas_and_ladders() -> None:
     result = CliRunner().invoke(cli, ["topics", "describe"])
 
@@ -258,4 +267,8 @@ def test_asyncapi_embeds_each_avro_schema_and_the_consumer_groups() -> None:
         for op in document["operations"].values()
         if op["action"] == "receive"
     }
-    assert receive_groups == {group.group_id for group in CATALOGUE.groups}
+    assert receive_groups == {
+        group_id
+        for group in CATALOGUE.groups
+        for group_id in (group.group_id, group.retry_group_id)
+    }
