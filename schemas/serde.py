@@ -83,6 +83,12 @@ def _read_body(body: bytes, writer: KnownSchema, reader: KnownSchema, model: typ
         raise UndecodableRecordError(f"{reader.full_name} fails validation: {exc}") from exc
 
 
+def _require_bytes(data: object) -> None:
+    # A tombstone (None) or a value deserialized upstream must not crash the consumer either.
+    if not isinstance(data, bytes):
+        raise UndecodableRecordError(f"expected value bytes, got {type(data).__name__}")
+
+
 def _describe_prefix(data: bytes) -> str:
     return data[:4].hex(" ") or "empty"
 
@@ -121,6 +127,7 @@ class SingleObjectSerde:
         Raises:
             UndecodableRecordError: not a single-object frame, or a fingerprint nobody released.
         """
+        _require_bytes(data)
         if data[:1] == CONFLUENT_MAGIC and len(data) >= CONFLUENT_HEADER_SIZE:
             schema_id = int.from_bytes(data[1:CONFLUENT_HEADER_SIZE], "big")
             raise UndecodableRecordError(
@@ -192,6 +199,7 @@ class RegistrySerde:
             UndecodableRecordError: bad framing, unknown schema id or fingerprint, wrong record.
             TransientError: the registry cannot be reached; the same bytes may decode later.
         """
+        _require_bytes(data)
         if data[:2] == SOE_MAGIC:
             return self._soe.decode(data, model)
         if data[:1] != CONFLUENT_MAGIC or len(data) < CONFLUENT_HEADER_SIZE:

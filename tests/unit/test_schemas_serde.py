@@ -129,6 +129,11 @@ def test_foreign_bytes_are_undecodable(data: bytes) -> None:
         serde.decode(data, SyncRequested)
 
 
+def test_a_tombstone_is_undecodable() -> None:
+    with pytest.raises(UndecodableRecordError, match="got NoneType"):
+        serde.decode(None, SyncRequested)  # type: ignore[arg-type]
+
+
 def test_confluent_frame_without_registry_says_what_to_configure() -> None:
     with pytest.raises(UndecodableRecordError, match="SCHEMA_REGISTRY_URL"):
         serde.decode(b"\x00\x00\x00\x00\x07payload", SyncRequested)
