@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
+import json
 from collections.abc import Callable
+from importlib import resources
 from typing import Any
 
 import pytest
@@ -187,3 +190,28 @@ def test_doc_only_change_keeps_the_fingerprint() -> None:
     edited["doc"] = "reworded"
 
     assert canonical_form(edited) == canonical_form(schema)
+
+
+# --- released versions never change --------------------------------------------------------------
+
+
+def _layout_digest(schema: Schema) -> str:
+    text = json.dumps(_without_docs(schema), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_released_versions_are_pinned_and_unchanged() -> None:
+    # Old records on the topics were written with these exact layouts and defaults: a released
+    # file may get doc fixes, nothing else. A new version needs its digest added to pins.json.
+    released = resources.files("schemas") / "released"
+    pins = json.loads((released / "pins.json").read_text(encoding="utf-8"))
+    found = {
+        f"{schema_stem(model)}/v{version}.avsc": _layout_digest(schema)
+        for model in EVENT_MODELS
+        for version, schema in load_released_schemas(model).items()
+    }
+
+    assert found == pins, (
+        "a released schema changed or a new one is unpinned: released versions are immutable; "
+        "pin new ones in schemas/released/pins.json"
+    )
