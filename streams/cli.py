@@ -7,6 +7,9 @@ import logging
 import click
 
 from devstack.cli import dev
+from devstack.gmail_emulator.cli import emulator
+from streams.gmail.bench import gmail as gmail_bench
+from streams.pipeline_cli import sync, worker
 from streams.run import run
 from streams.settings import Settings
 from topics.cli import topics
@@ -44,7 +47,11 @@ def bench() -> None:
 
 cli.add_command(dev)
 cli.add_command(run)
+cli.add_command(worker)
+cli.add_command(sync)
 cli.add_command(topics)
+cli.add_command(emulator)
+bench.add_command(gmail_bench)
 
 
 def main() -> None:

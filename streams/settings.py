@@ -98,9 +98,6 @@ class Settings(BaseSettings):
     embedding_api_key: SecretStr = Field(SecretStr(""), description="Bearer token for the API.")
     embedding_model: str = Field("all-MiniLM-L6-v2", description="Embedding model name.")
     embedding_dimension: int = Field(384, description="Vector length of the embedding model.")
-    namespace: str = Field(
-        "inboxflow", description="First part of every topic and consumer group name."
-    )
     retry_ladders: dict[str, list[int]] = Field(
         default_factory=dict,
         description='Retry delays in seconds per agent, JSON: {"normalize": [5, 30, 120, 600]}.',

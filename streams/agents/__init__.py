@@ -1,0 +1,151 @@
+"""The pipeline's stages, and how each consumer group's stages are built from settings.
+
+Consumer group ``sync`` runs two stages (listing and fetching, so one process owns a user's
+Gmail quota); every other group runs one. ``build_stages`` maps each source topic to its stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+from schemas.serde import Serde, serde_for
+from streams.agents.embed import EmbedStage
+from streams.agents.extract import ExtractStage
+from streams.agents.fetch import FetchStage
+from streams.agents.insight import InsightStage
+from streams.agents.normalize import NormalizeStage
+from streams.agents.sync import SyncStage
+from streams.embedding import EmbeddingProvider, LocalEmbeddingProvider, OpenAIEmbeddingProvider
+from streams.gmail.client import GmailClient, GmailClientConfig
+from streams.settings import Settings
+from streams.stage import Stage
+from streams.state import AgentState
+from topics.catalogue import Catalogue, build_catalogue
+
+AGENTS = ("sync", "normalize", "extract", "embed", "insight")
+
+
+def catalogue_from(settings: Settings) -> Catalogue:
+    """Return the topic catalogue the settings describe."""
+    return build_catalogue(
+        settings.topic_namespace,
+        partitions=settings.topic_partitions,
+        replication=settings.topic_replication,
+        retry_ladders=settings.retry_ladders,
+    )
+
+
+def gmail_client_from(settings: Settings) -> GmailClient:
+    """Return a Gmail client configured by the settings (the emulator's URL on the local stack)."""
+    window = settings.gmail_quota_window_seconds
+    return GmailClient(
+        GmailClientConfig(
+            api_root=settings.gmail_api_root,
+            cost_table=settings.gmail_quota_table,
+            user_units_per_window=int(settings.gmail_user_units_per_minute * window / 60),
+            window_seconds=window,
+            credentials_dir=settings.gmail_credentials_dir,
+        )
+    )
+
+
+def embedding_provider_from(settings: Settings) -> EmbeddingProvider:
+    """Return the configured embedding provider."""
+    if settings.embedding_provider == "openai":
+        return OpenAIEmbeddingProvider(
+            base_url=settings.embedding_api_url,
+            model=settings.embedding_model,
+            dimension=settings.embedding_dimension,
+            api_key=settings.embedding_api_key.get_secret_value() or None,
+        )
+    return LocalEmbeddingProvider()
+
+
+@dataclass
+class Resources:
+    """Clients a worker's stages share; created lazily so a group builds only what it needs."""
+
+    settings: Settings
+    serde: Serde
+    _gmail: GmailClient | None = None
+    _state: AgentState | None = None
+    _embedder: EmbeddingProvider | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Resources:
+        """Return resources for these settings."""
+        return cls(settings, serde_for(settings.schema_registry_url))
+
+    @property
+    def gmail(self) -> GmailClient:
+        """The Gmail client (one limiter per user)."""
+        if self._gmail is None:
+            self._gmail = gmail_client_from(self.settings)
+        return self._gmail
+
+    @property
+    def state(self) -> AgentState:
+        """Agent state in Postgres."""
+        if self._state is None:
+            self._state = AgentState(self.settings.database_url.get_secret_value())
+        return self._state
+
+    @property
+    def embedder(self) -> EmbeddingProvider:
+        """The embedding provider."""
+        if self._embedder is None:
+            self._embedder = embedding_provider_from(self.settings)
+        return self._embedder
+
+
+def build_stages(agent: str, catalogue: Catalogue, resources: Resources) -> Mapping[str, Stage]:
+    """Return the stages of consumer group ``agent``, keyed by the topic each one reads."""
+    settings, serde, timeouts = resources.settings, resources.serde, resources.settings.timeouts
+    if agent == "sync":
+        return {
+            catalogue.sync_requested.name: SyncStage(
+                serde=serde,
+                gmail=resources.gmail,
+                state=resources.state,
+                discovered_topic=catalogue.message_discovered.name,
+                timeouts=timeouts,
+            ),
+            catalogue.message_discovered.name: FetchStage(
+                serde=serde,
+                gmail=resources.gmail,
+                fetched_topic=catalogue.message_fetched.name,
+                timeout=timeouts.normalize,
+            ),
+        }
+    if agent == "normalize":
+        stage: Stage = NormalizeStage(
+            serde=serde,
+            normalized_topic=catalogue.email_normalized.name,
+            timeout=timeouts.normalize,
+        )
+        return {catalogue.message_fetched.name: stage}
+    if agent == "extract":
+        stage = ExtractStage(
+            serde=serde, contacts_topic=catalogue.contact_extracted.name, timeout=timeouts.extract
+        )
+        return {catalogue.email_normalized.name: stage}
+    if agent == "embed":
+        stage = EmbedStage(
+            serde=serde,
+            provider=resources.embedder,
+            embedded_topic=catalogue.email_embedded.name,
+            timeout=timeouts.embed,
+        )
+        return {catalogue.email_normalized.name: stage}
+    if agent == "insight":
+        stage = InsightStage(
+            serde=serde,
+            state=resources.state,
+            insights_topic=catalogue.insight_produced.name,
+            timeout=timeouts.insight,
+            interval=timedelta(seconds=settings.insight_interval_seconds),
+        )
+        return {catalogue.email_normalized.name: stage}
+    raise ValueError(f"unknown agent {agent!r}; one of {', '.join(AGENTS)}")

@@ -1,0 +1,133 @@
+"""The insight stage: EmailNormalized in, InsightProduced out at most once per user per interval.
+
+Aggregates live in Postgres (``insight_state``), updated by whoever owns the user's partition;
+``UserInsights`` remembers message ids, so a redelivered message is not counted twice. Each
+insight is defined in ``streams/insights.py`` (and the README).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+from schemas.models import (
+    CorrespondentCount,
+    DailyVolume,
+    EmailNormalized,
+    InsightProduced,
+    JobKind,
+    ReplyLatency,
+    UnansweredThread,
+)
+from schemas.serde import Serde
+from streams.agents.base import Decoder, event_record, utc_now
+from streams.insights import InsightSnapshot, UserInsights, should_emit
+from streams.stage import JobRef, Outcome, Outgoing, Record
+from streams.state import AgentState
+
+
+def insight_event(user_id: str, snapshot: InsightSnapshot) -> InsightProduced:
+    """Return the event for a snapshot (pure).
+
+    Reply latency is the user's own median time to answer each participant; unanswered threads
+    are those whose latest message waits for the user.
+    """
+    days = [v.day for v in snapshot.volume_by_day]
+    start = (
+        datetime.fromisoformat(min(days)).replace(tzinfo=snapshot.generated_at.tzinfo)
+        if days
+        else snapshot.generated_at
+    )
+    return InsightProduced(
+        user_id=user_id,
+        computed_at=snapshot.generated_at,
+        window_start=start,
+        window_end=snapshot.generated_at,
+        top_correspondents=[
+            CorrespondentCount(address=c.address, messages=c.messages)
+            for c in snapshot.top_correspondents
+        ],
+        volume_by_day=[
+            DailyVolume(day=v.day, messages=v.received + v.sent) for v in snapshot.volume_by_day
+        ],
+        reply_latency=[
+            ReplyLatency(
+                address=r.address,
+                median_seconds=r.user_replies_median_seconds,
+                samples=r.user_replies_samples,
+            )
+            for r in snapshot.reply_latency
+            if r.user_replies_median_seconds is not None
+        ],
+        unanswered_threads=[
+            UnansweredThread(thread_id=u.thread_id, subject="", last_message_at=u.received_at)
+            for u in snapshot.unanswered
+        ],
+    )
+
+
+class InsightStage:
+    """Folds each message into its user's aggregate and emits insights on change."""
+
+    name = "insight"
+    kind = JobKind.INSIGHT
+    phase = 0
+
+    def __init__(
+        self,
+        *,
+        serde: Serde,
+        state: AgentState,
+        insights_topic: str,
+        timeout: float,
+        interval: timedelta,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.normalized = Decoder(serde, EmailNormalized)
+        self.serde = serde
+        self.state = state
+        self.insights_topic = insights_topic
+        self.timeout = timeout
+        self.interval = interval
+        self.clock = clock
+
+    def job_of(self, record: Record) -> JobRef:
+        """The message's insight job."""
+        event = self.normalized.decode(record)
+        return JobRef(event.user_id, event.message_id, batch_id=event.sync_id)
+
+    async def process(self, records: Sequence[Record]) -> list[Outcome]:
+        """Update each user's aggregate once per batch; the emission rides on the user's last
+        message of the batch."""
+        decoded = self.normalized.decode_each(records)
+        outcomes: list[Outcome] = [Outcome() for _ in records]
+        by_user: dict[str, list[int]] = {}
+        for i, email in enumerate(decoded):
+            if isinstance(email, Exception):
+                outcomes[i] = Outcome(error=email)
+            else:
+                by_user.setdefault(email.user_id, []).append(i)
+        for user, indexes in by_user.items():
+            emails = [decoded[i] for i in indexes]
+            try:
+                emitted = await self._update(user, emails)  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001 - the user's messages fail alike
+                for i in indexes:
+                    outcomes[i] = Outcome(error=exc)
+                continue
+            outcomes[indexes[-1]].outputs.extend(emitted)
+        return outcomes
+
+    async def _update(self, user: str, emails: list[EmailNormalized]) -> list[Outgoing]:
+        stored, last_emitted = await self.state.insights(user)
+        aggregate = UserInsights.from_dict(stored) if stored else UserInsights.for_user([user])
+        for email in emails:
+            aggregate.add_email(email)
+        now = utc_now(self.clock)
+        emit = should_emit(last_emitted, now, self.interval)
+        await self.state.save_insights(user, aggregate.to_json(), now if emit else None)
+        if not emit:
+            return []
+        event = insight_event(user, aggregate.snapshot(now))
+        return [event_record(self.serde, self.insights_topic, event)]

@@ -1,0 +1,295 @@
+"""Run a stage over a batch of records and produce everything that follows from it.
+
+The runner is the one place where a stage's work turns into Kafka records: its outputs, the
+``queued``/``processing``/``done``/``retrying``/``error``/``dead`` job states, and the failed
+records forwarded to a retry tier or the dead-letter topic. ``run`` returns only when Kafka
+has acknowledged all of them, so the caller may then ack the source records (at-least-once).
+Failures of single records never escape: every record leaves through an output or a forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import groupby
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from schemas.errors import StageTimeoutError
+from schemas.models import JobStatus
+from streams.failures import Failure, RetryPolicy, Tier, classify, decide
+from streams.routing import attempts_so_far, failed_status, forward_failed, job_state
+from streams.stage import JobRef, Outcome, Outgoing, Record, Stage
+from topics.catalogue import ConsumerGroup
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 64 * 1024 * 1024 + 65536  # the largest topic limit plus headers
+
+
+class Publisher:
+    """Produces records with one idempotent aiokafka producer; ``publish`` returns once acked."""
+
+    def __init__(self, bootstrap_servers: str, *, client_id: str = "inboxflow") -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._client_id = client_id
+        self._producer: AIOKafkaProducer | None = None
+        self._lock: asyncio.Lock | None = None
+
+    def _producer_or_fail(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("publisher used before start()")
+        return self._producer
+
+    async def start(self) -> None:
+        """Connect to the cluster; idempotent, and done by the first send if not before.
+
+        The producer is created here, inside the running loop (aiokafka binds to it).
+        """
+        self._lock = self._lock or asyncio.Lock()
+        async with self._lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self._bootstrap_servers,
+                    client_id=self._client_id,
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=5,
+                    max_request_size=MAX_REQUEST_BYTES,
+                )
+                await producer.start()
+                self._producer = producer
+
+    async def stop(self) -> None:
+        """Flush and disconnect."""
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+    async def send(self, records: Sequence[Outgoing]) -> list[asyncio.Future[object]]:
+        """Queue records in order; return futures that resolve when Kafka acks each."""
+        if self._producer is None:
+            await self.start()
+        producer = self._producer_or_fail()
+        futures = []
+        for out in records:
+            future = await producer.send(
+                out.topic,
+                out.value,
+                key=out.key,
+                headers=list(out.headers),
+                partition=out.partition,
+            )
+            futures.append(future)
+        return futures
+
+    async def publish(self, records: Sequence[Outgoing]) -> None:
+        """Send records and wait until Kafka has acknowledged every one."""
+        await asyncio.gather(*await self.send(records))
+
+
+@dataclass
+class RunnerStats:
+    """Counters a worker exposes as metrics and the main job prints."""
+
+    processed: int = 0
+    succeeded: int = 0
+    retried: int = 0
+    dead: int = 0
+    by_class: dict[str, int] = field(default_factory=dict)
+
+
+class StageRunner:
+    """Runs one stage for one consumer group; shared by the live agent and the retry relay."""
+
+    def __init__(
+        self,
+        stage: Stage,
+        group: ConsumerGroup,
+        *,
+        job_topic: str,
+        publisher: Publisher,
+        policy: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.stage = stage
+        self.group = group
+        self.job_topic = job_topic
+        self.publisher = publisher
+        self.policy = policy or RetryPolicy.default()
+        self.clock = clock
+        self.ladder = [Tier(t.topic.name, float(t.delay_seconds)) for t in group.retry_tiers]
+        self.stats = RunnerStats()
+
+    async def run(self, records: Sequence[Record]) -> None:
+        """Process records (any partitions), keeping each partition's order; publish the results.
+
+        Partitions are processed concurrently: they hold different users, so one user's slow
+        work does not wait on another's, while one user's records stay in order.
+        """
+        by_partition = [
+            list(group)
+            for _, group in groupby(
+                sorted(records, key=lambda r: (r.topic, r.partition, r.offset)),
+                key=lambda r: (r.topic, r.partition),
+            )
+        ]
+        await asyncio.gather(*(self._run_partition(batch) for batch in by_partition))
+
+    async def _run_partition(self, records: list[Record]) -> None:
+        refs = [self._job_of(record) for record in records]
+        attempts = [attempts_so_far(record) + 1 for record in records]
+        starts = [
+            self._state(ref, JobStatus.PROCESSING, n, self.clock())
+            for ref, n in zip(refs, attempts, strict=True)
+            if ref is not None
+        ]
+        started = await self.publisher.send(starts)
+        outcomes = await self._process(records)
+        results: list[Outgoing] = []
+        for record, ref, attempt, outcome in zip(records, refs, attempts, outcomes, strict=True):
+            results += self._follow_up(record, ref, attempt, outcome)
+        await self._publish_until_acked(results, started)
+        for outcome in outcomes:
+            if outcome.error is None and outcome.after_publish is not None:
+                await self._after_publish(outcome.after_publish)
+
+    async def _after_publish(self, hook: Callable[[], Awaitable[None]]) -> None:
+        # The outputs are safe in Kafka; a failed hook only means work is redone next time.
+        try:
+            await hook()
+        except Exception:
+            log.exception("after-publish step failed group=%s", self.group.group_id)
+
+    def _job_of(self, record: Record) -> JobRef | None:
+        try:
+            return self.stage.job_of(record)
+        except Exception:  # noqa: BLE001 - undecodable: process() sends the record to the DLQ
+            return None
+
+    async def _process(self, records: list[Record]) -> list[Outcome]:
+        try:
+            async with asyncio.timeout(self.stage.timeout):
+                outcomes = await self.stage.process(records)
+        except TimeoutError:
+            error: BaseException = StageTimeoutError(
+                f"{self.stage.name} took longer than {self.stage.timeout:.0f}s "
+                f"on a batch of {len(records)}"
+            )
+            return [Outcome(error=error) for _ in records]
+        except Exception as exc:  # noqa: BLE001 - a whole-batch failure fails each record alike
+            return [Outcome(error=exc) for _ in records]
+        if len(outcomes) != len(records):
+            bug = RuntimeError(f"{self.stage.name} returned {len(outcomes)} outcomes")
+            return [Outcome(error=bug) for _ in records]
+        return outcomes
+
+    def _follow_up(
+        self, record: Record, ref: JobRef | None, attempt: int, outcome: Outcome
+    ) -> list[Outgoing]:
+        now = self.clock()
+        self.stats.processed += 1
+        if outcome.error is None:
+            self.stats.succeeded += 1
+            follow = list(outcome.outputs)
+            follow += [
+                job_state(self.job_topic, kind, queued, JobStatus.QUEUED, attempt=0, now=now)
+                for kind, queued in outcome.queued
+            ]
+            if ref is not None and outcome.finishes_job:
+                follow.append(self._state(ref, JobStatus.DONE, attempt, now))
+            return follow
+        return self._route_failure(record, ref, attempt, classify(outcome.error), now)
+
+    def _route_failure(
+        self, record: Record, ref: JobRef | None, attempt: int, failure: Failure, now: float
+    ) -> list[Outgoing]:
+        decision = decide(
+            failure,
+            attempts=attempt,
+            ladder=self.ladder,
+            dead_letter_topic=self.group.dlq.name,
+            now=now,
+            policy=self.policy,
+        )
+        self.stats.by_class[failure.retry_class.value] = (
+            self.stats.by_class.get(failure.retry_class.value, 0) + 1
+        )
+        if decision.dead:
+            self.stats.dead += 1
+        else:
+            self.stats.retried += 1
+        log.log(
+            logging.ERROR if decision.dead else logging.INFO,
+            "record failed group=%s topic=%s partition=%s offset=%s attempt=%s class=%s to=%s: %s",
+            self.group.group_id,
+            record.topic,
+            record.partition,
+            record.offset,
+            attempt,
+            failure.retry_class.value,
+            decision.topic,
+            failure.message,
+        )
+        follow = [
+            forward_failed(
+                record,
+                decision=decision,
+                failure=failure,
+                attempt=attempt,
+                group_id=self.group.group_id,
+                handler=self.stage.name,
+                now=now,
+            )
+        ]
+        if ref is not None:
+            status = failed_status(decision, failure)
+            follow.append(self._state(ref, status, attempt, now, failure))
+        return follow
+
+    def _state(
+        self,
+        ref: JobRef,
+        status: JobStatus,
+        attempt: int,
+        now: float,
+        failure: Failure | None = None,
+    ) -> Outgoing:
+        return job_state(
+            self.job_topic,
+            self.stage.kind,
+            ref,
+            status,
+            attempt=attempt,
+            now=now,
+            failure=failure,
+            phase=self.stage.phase,
+        )
+
+    async def _publish_until_acked(
+        self, records: list[Outgoing], pending: list[asyncio.Future[object]]
+    ) -> None:
+        # Returning without every record acked would let the caller ack the source and lose
+        # work, so a Kafka outage is waited out here (only cancellation ends the wait).
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.gather(*pending)
+                await self.publisher.publish(records)
+            except KafkaError as exc:
+                log.warning(
+                    "publish failed group=%s, retrying in %.1fs: %s",
+                    self.group.group_id,
+                    delay,
+                    exc,
+                )
+                pending = []
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311
+                delay = min(delay * 2, 30.0)
+            else:
+                return

@@ -1,0 +1,146 @@
+"""Agent state kept in Postgres: sync checkpoints, discovered ids, insight aggregates.
+
+Agents keep no faust tables (their changelog recovery is the least reliable part of faust:
+bug #176); the owner of a user's partition reads and writes that user's rows here. Every write is
+an idempotent upsert. ``psycopg.OperationalError`` becomes ``TransientError`` so a database
+restart retries the record instead of killing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from schemas.errors import TransientError
+
+SELECT_SYNC_STATE = """
+SELECT history_id::text, full_synced FROM sync_state WHERE user_id = %(user_id)s
+"""
+UPSERT_SYNC_STATE = """
+INSERT INTO sync_state (user_id, history_id, last_sync_id, full_synced, updated_at)
+VALUES (%(user_id)s, %(history_id)s, %(sync_id)s, %(full)s, now())
+ON CONFLICT (user_id) DO UPDATE SET
+    history_id = GREATEST(sync_state.history_id, EXCLUDED.history_id),
+    last_sync_id = EXCLUDED.last_sync_id,
+    full_synced = sync_state.full_synced OR EXCLUDED.full_synced,
+    updated_at = now()
+"""
+SELECT_KNOWN_IDS = """
+SELECT message_id FROM discovered_messages
+WHERE user_id = %(user_id)s AND message_id = ANY(%(ids)s)
+"""
+INSERT_DISCOVERED = """
+INSERT INTO discovered_messages (user_id, message_id, sync_id)
+SELECT %(user_id)s, id, %(sync_id)s FROM unnest(%(ids)s::text[]) AS id
+ON CONFLICT DO NOTHING
+"""
+SELECT_INSIGHTS = """
+SELECT state, last_emitted_at FROM insight_state WHERE user_id = %(user_id)s
+"""
+UPSERT_INSIGHTS = """
+INSERT INTO insight_state (user_id, state, last_emitted_at, updated_at)
+VALUES (%(user_id)s, %(state)s::jsonb, %(last_emitted_at)s, now())
+ON CONFLICT (user_id) DO UPDATE SET
+    state = EXCLUDED.state,
+    last_emitted_at = COALESCE(EXCLUDED.last_emitted_at, insight_state.last_emitted_at),
+    updated_at = now()
+"""
+
+
+@dataclass(frozen=True)
+class SyncCheckpoint:
+    """Where a user's incremental sync resumes."""
+
+    history_id: str
+    full_synced: bool
+
+
+class AgentState:
+    """Postgres access for agents, over a small async connection pool."""
+
+    def __init__(self, conninfo: str, *, max_size: int = 4) -> None:
+        self._conninfo = conninfo
+        self._max_size = max_size
+        self._pool: AsyncConnectionPool | None = None
+        self._lock = asyncio.Lock()
+
+    async def _opened(self) -> AsyncConnectionPool:
+        # Opened on first use, inside the worker's event loop (faust owns the loop's start).
+        async with self._lock:
+            if self._pool is None:
+                pool = AsyncConnectionPool(
+                    self._conninfo, min_size=1, max_size=self._max_size, open=False
+                )
+                await pool.open(wait=False)
+                self._pool = pool
+            return self._pool
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        pool = await self._opened()
+        try:
+            async with pool.connection(timeout=30) as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise TransientError(f"agent state database unavailable: {exc}") from exc
+
+    async def sync_checkpoint(self, user_id: str) -> SyncCheckpoint | None:
+        """Return the user's checkpoint, or None before the first sync."""
+        async with self._connection() as conn:
+            cursor = await conn.execute(SELECT_SYNC_STATE, {"user_id": user_id})
+            row = await cursor.fetchone()
+        return SyncCheckpoint(row[0], row[1]) if row else None
+
+    async def save_sync_checkpoint(
+        self, user_id: str, history_id: str, sync_id: str, *, full: bool
+    ) -> None:
+        """Record that everything up to ``history_id`` was emitted; never moves backwards."""
+        params = {"user_id": user_id, "history_id": history_id, "sync_id": sync_id, "full": full}
+        async with self._connection() as conn:
+            await conn.execute(UPSERT_SYNC_STATE, params)
+
+    async def known_message_ids(self, user_id: str, ids: list[str]) -> set[str]:
+        """Return which of ``ids`` a sync already emitted for this user."""
+        if not ids:
+            return set()
+        async with self._connection() as conn:
+            cursor = await conn.execute(SELECT_KNOWN_IDS, {"user_id": user_id, "ids": ids})
+            return {row[0] for row in await cursor.fetchall()}
+
+    async def remember_message_ids(self, user_id: str, sync_id: str, ids: Iterable[str]) -> None:
+        """Record ids as emitted (idempotent)."""
+        params = {"user_id": user_id, "sync_id": sync_id, "ids": list(ids)}
+        async with self._connection() as conn:
+            await conn.execute(INSERT_DISCOVERED, params)
+
+    async def insights(self, user_id: str) -> tuple[dict[str, Any] | None, datetime | None]:
+        """Return the user's stored aggregate (as a dict) and last emission time."""
+        async with self._connection() as conn:
+            cursor = await conn.execute(SELECT_INSIGHTS, {"user_id": user_id})
+            row = await cursor.fetchone()
+        if row is None:
+            return None, None
+        state = row[0] if isinstance(row[0], dict) else json.loads(row[0])
+        return state, row[1]
+
+    async def save_insights(
+        self, user_id: str, state_json: str, last_emitted_at: datetime | None
+    ) -> None:
+        """Store the user's aggregate; keep the last emission time unless a new one is given."""
+        params = {"user_id": user_id, "state": state_json, "last_emitted_at": last_emitted_at}
+        async with self._connection() as conn:
+            await conn.execute(UPSERT_INSIGHTS, params)

@@ -1,0 +1,108 @@
+"""Run consumer groups as processes: one faust worker per agent, one process per sink.
+
+``inboxflow worker --agent normalize`` runs one group in this process (what a deployment scales
+by replicas). ``inboxflow worker`` with no agent starts every group and both sinks as child
+processes and stops them together, for single-machine deployments and the main job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faust
+
+from streams.agents import AGENTS, Resources, build_stages, catalogue_from
+from streams.settings import Settings
+from streams.worker import BatchConfig, build_worker_app
+
+log = logging.getLogger(__name__)
+
+SINKS = ("jobs", "contacts")
+
+
+def run_agent(agent: str, settings: Settings, *, loglevel: str = "WARNING") -> None:
+    """Run one consumer group's faust worker in this process until SIGTERM or Ctrl-C."""
+    catalogue = catalogue_from(settings)
+    resources = Resources.from_settings(settings)
+    app = build_worker_app(
+        catalogue=catalogue,
+        group=catalogue.group(agent),
+        stages=build_stages(agent, catalogue, resources),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        batch=BatchConfig(settings.batch_size, settings.batch_wait),
+    )
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "streams", *args]
+
+
+@dataclass
+class ProcessGroup:
+    """Child processes started together and stopped together."""
+
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(
+        self, name: str, argv: Sequence[str], *, env: Mapping[str, str], log_dir: Path | None
+    ) -> None:
+        """Start a child in its own session, its output in ``log_dir/<name>.log`` if given."""
+        out = (log_dir / f"{name}.log").open("ab") if log_dir else None
+        self.processes[name] = subprocess.Popen(  # noqa: S603 - our own command line
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
+        if out:
+            out.close()
+
+    def exited(self) -> dict[str, int]:
+        """Return children that have exited, with their codes."""
+        return {
+            name: code
+            for name, process in self.processes.items()
+            if (code := process.poll()) is not None
+        }
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM every child, then SIGKILL those that outlive ``timeout``."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for name, process in self.processes.items():
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("worker %s did not stop in %.0fs; killing it", name, timeout)
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+def start_all(
+    env: Mapping[str, str],
+    *,
+    agents: Sequence[str] = AGENTS,
+    sinks: Sequence[str] = SINKS,
+    log_dir: Path | None = None,
+) -> ProcessGroup:
+    """Start every agent and sink as a child process with ``env``."""
+    group = ProcessGroup()
+    for agent in agents:
+        group.start(
+            f"agent-{agent}", _command("worker", "--agent", agent), env=env, log_dir=log_dir
+        )
+    for sink in sinks:
+        group.start(f"sink-{sink}", _command("sink", sink), env=env, log_dir=log_dir)
+    return group

@@ -1,0 +1,109 @@
+"""One consumer group as a running faust worker: its agents, its retry relay, its publisher.
+
+Each agent reads raw bytes with ``concurrency=1`` and acks a batch only after the runner has
+published everything that followed from it, so a crash re-delivers instead of losing work
+(faust acks on exceptions and commits past in-flight events with concurrency > 1: bugs #606,
+#315 in ``shared/reference/faust-and-peers.md``). The retry tiers are relayed in the same
+process, so per-user limits (Gmail quota) live with whoever owns the user's partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import faust
+from mode import Service
+
+from streams.app import create_app
+from streams.retry_relay import RetryRelay
+from streams.runner import Publisher, StageRunner
+from streams.stage import Record, Stage
+from topics.catalogue import Catalogue, ConsumerGroup
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How many records an agent takes at once, and how long it waits to fill a batch."""
+
+    size: int = 100
+    within: float = 0.2
+
+
+def record_from_event(event: faust.types.EventT[Any]) -> Record:
+    """Return a Record from a faust event (raw key and value bytes)."""
+    message = event.message
+    headers = message.headers
+    pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
+    return Record(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=int(message.timestamp * 1000),
+        key=message.key,
+        value=message.value or b"",
+        headers=tuple((str(k), bytes(v)) for k, v in pairs),
+    )
+
+
+def build_worker_app(
+    *,
+    catalogue: Catalogue,
+    group: ConsumerGroup,
+    stages: Mapping[str, Stage],
+    bootstrap_servers: str,
+    batch: BatchConfig = BatchConfig(),
+) -> faust.App:
+    """Return a faust App running ``stages`` (by source topic) for ``group``, with its relay."""
+    app = create_app(group.group_id, bootstrap_servers=bootstrap_servers)
+    publisher = Publisher(bootstrap_servers, client_id=group.group_id)
+    runners = {
+        topic: StageRunner(
+            stage, group, job_topic=catalogue.job_state_changed.name, publisher=publisher
+        )
+        for topic, stage in stages.items()
+    }
+    for topic_name, runner in runners.items():
+        _add_agent(app, topic_name, runner, batch)
+    relay = RetryRelay(
+        bootstrap_servers=bootstrap_servers,
+        group_id=f"{group.group_id}-retry",
+        tier_topics=[tier.topic.name for tier in group.retry_tiers],
+        runners=runners,
+    )
+    stopping = asyncio.Event()
+
+    @app.service
+    class Extras(Service):
+        """Runs the retry relay beside the agents; flushes the publisher on shutdown."""
+
+        @Service.task
+        async def _relay(self) -> None:
+            await relay.run(stopping)
+
+        async def on_stop(self) -> None:
+            stopping.set()
+            await publisher.stop()
+
+    return app
+
+
+def _add_agent(app: faust.App, topic_name: str, runner: StageRunner, batch: BatchConfig) -> None:
+    topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
+
+    async def agent(stream: faust.StreamT[bytes]) -> None:
+        # Manual acks: a batch is acked only after its results are acknowledged by Kafka.
+        taking = cast(faust.Stream[bytes], stream).noack_take(batch.size, within=batch.within)
+        async for batch_values in taking:
+            # noack_take yields the events themselves (typed as values upstream).
+            events = cast(list[faust.types.EventT[Any]], batch_values)
+            await runner.run([record_from_event(event) for event in events])
+            for event in events:
+                await stream.ack(event)
+
+    app.agent(topic, name=f"{runner.group.agent}.{runner.stage.name}", concurrency=1)(agent)
