@@ -164,6 +164,11 @@ class PostgresSink:
         self._next: dict[TopicPartition, int] = {}  # next offset expected from Kafka
         self._buffer: dict[TopicPartition, list[Record]] = {}
 
+    @property
+    def positioned(self) -> frozenset[TopicPartition]:
+        """Partitions this sink owns and reads from their stored offsets (for health checks)."""
+        return frozenset(self._stored) - self._unpositioned
+
     async def run(self, stop: asyncio.Event) -> None:
         """Consume and write until ``stop`` is set; the batch in progress finishes first."""
         consumer = AIOKafkaConsumer(

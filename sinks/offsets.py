@@ -70,20 +70,36 @@ async def load_offsets(
 ) -> dict[TopicPartition, int]:
     """Return the stored next offset of each partition, creating missing rows.
 
-    A partition never written gets ``FROM_BEGINNING``. Runs inside the caller's transaction.
+    A partition never written gets ``FROM_BEGINNING``. Reads without waiting for a batch that
+    another owner has in flight (plain MVCC read); the compare-and-set of the first batch
+    catches an offset that moves afterwards. Runs inside the caller's transaction.
     """
-    ordered = sorted(set(partitions))
-    params = {
-        "group_id": group_id,
-        "topics": [tp.topic for tp in ordered],
-        "partitions": [tp.partition for tp in ordered],
-        "initial": FROM_BEGINNING,
-    }
+    wanted = sorted(set(partitions))
+    found = await _select_offsets(conn, group_id, wanted)
+    missing = [tp for tp in wanted if tp not in found]
+    if missing:
+        async with conn.cursor() as cur:
+            await cur.execute(ENSURE_OFFSETS, _params(group_id, missing, initial=FROM_BEGINNING))
+        found.update(await _select_offsets(conn, group_id, missing))
+    return found
+
+
+async def _select_offsets(
+    conn: psycopg.AsyncConnection[TupleRow], group_id: str, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
     async with conn.cursor() as cur:
-        await cur.execute(ENSURE_OFFSETS, params)
-        await cur.execute(SELECT_OFFSETS, params)
+        await cur.execute(SELECT_OFFSETS, _params(group_id, partitions))
         rows = await cur.fetchall()
     return {TopicPartition(str(t), int(p)): int(o) for t, p, o in rows}
+
+
+def _params(group_id: str, partitions: list[TopicPartition], **extra: object) -> dict[str, object]:
+    return {
+        "group_id": group_id,
+        "topics": [tp.topic for tp in partitions],
+        "partitions": [tp.partition for tp in partitions],
+        **extra,
+    }
 
 
 async def advance_offsets(
@@ -98,13 +114,12 @@ async def advance_offsets(
     offset was not ``expected``; the caller then rolls the transaction back.
     """
     ordered = sorted(moves)
-    params = {
-        "group_id": group_id,
-        "topics": [tp.topic for tp in ordered],
-        "partitions": [tp.partition for tp in ordered],
-        "expected": [moves[tp][0] for tp in ordered],
-        "next": [moves[tp][1] for tp in ordered],
-    }
+    params = _params(
+        group_id,
+        ordered,
+        expected=[moves[tp][0] for tp in ordered],
+        next=[moves[tp][1] for tp in ordered],
+    )
     async with conn.cursor() as cur:
         await cur.execute(ADVANCE_OFFSETS, params)
         moved = {TopicPartition(str(t), int(p)) for t, p in await cur.fetchall()}
