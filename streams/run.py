@@ -1,28 +1,43 @@
-"""``inboxflow run``: the main job on the local default stack.
+"""``inboxflow run``: the main job, end to end, on the local default stack.
 
 Starts Kafka and Postgres (or uses ``KAFKA_BOOTSTRAP_SERVERS``/``DATABASE_URL`` and starts
-neither), applies migrations, runs the job, prints a summary, and stops what it started.
+neither, leaving topics and rows in place), a Gmail emulator with generated mailboxes (or real
+mail from ``--mbox``), creates the topics, starts every consumer group and sink as processes,
+requests a full sync per user, shows progress per stage and prints a summary.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import mailbox
 import os
 import signal
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from devstack.cli import print_round_trip
+from devstack.gmail_emulator.server import GmailEmulator
 from devstack.processes import StackError
-from devstack.roundtrip import round_trip
 from devstack.stack import Stack, start_stack
 from sinks.migrate import apply_migrations
+from streams.agents import catalogue_from
+from streams.observe import TERMINAL, TopicCounter, dlq_topics, job_counts, stage_topics
+from streams.pipeline_cli import request_syncs
 from streams.settings import Settings
+from streams.supervisor import ProcessGroup, start_all
+from topics.admin import ensure_topics
+
+MESSAGE_KINDS = ("normalize_google_email", "extract_contacts", "embed", "insight")
 
 
 @contextmanager
@@ -57,18 +72,247 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+@dataclass
+class RunSummary:
+    """What the main job prints at the end (``--json`` prints exactly this)."""
+
+    users: list[str]
+    mailbox_messages: int
+    records_per_stage: dict[str, int]
+    jobs_by_status: dict[str, int]
+    jobs_by_kind: dict[str, dict[str, int]]
+    dlq_records: dict[str, int]
+    gmail_units: int
+    gmail_calls: dict[str, int]
+    gmail_throttled: int
+    elapsed_seconds: float
+    complete: bool
+    namespace: str
+    kafka_bootstrap: str
+    database_url: str
+    logs: str
+    notes: list[str] = field(default_factory=list)
+
+
+def start_emulator(users: list[str], messages: int, seed: int, mbox: Path | None) -> GmailEmulator:
+    """Start a Gmail emulator with generated mailboxes, or the messages of ``mbox``."""
+    emulator = GmailEmulator().start_in_thread()
+    for index, user in enumerate(users):
+        emulator.add_user(user, messages=0 if mbox else messages, seed=seed + index)
+    if mbox is not None:
+        for raw in read_mail(mbox):
+            emulator.add_message(users[0], raw)
+    return emulator
+
+
+def read_mail(path: Path) -> list[bytes]:
+    """Return the messages of an mbox file or a folder of ``.eml`` files."""
+    if path.is_dir():
+        return [p.read_bytes() for p in sorted(path.glob("*.eml"))]
+    box = mailbox.mbox(str(path), create=False)
+    try:
+        return [message.as_bytes() for message in box]
+    finally:
+        box.close()
+
+
+def worker_env(
+    settings: Settings, stack: Stack, emulator_url: str, namespace: str
+) -> dict[str, str]:
+    """Return the environment every worker process gets."""
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
+        "DATABASE_URL": stack.database_url,
+        "INBOXFLOW_GMAIL_API_ROOT": emulator_url,
+        "INBOXFLOW_TOPIC_NAMESPACE": namespace,
+        "INBOXFLOW_TOPIC_PARTITIONS": str(settings.topic_partitions),
+        "INBOXFLOW_INSIGHT_INTERVAL_SECONDS": str(min(settings.insight_interval_seconds, 2.0)),
+    }
+
+
+class Job:
+    """One run of the main job: set up, watch, summarize."""
+
+    def __init__(self, settings: Settings, stack: Stack, namespace: str, users: list[str]) -> None:
+        self.settings = settings
+        self.stack = stack
+        self.namespace = namespace
+        self.users = users
+        self.catalogue = catalogue_from(settings.model_copy(update={"topic_namespace": namespace}))
+        self.started = time.monotonic()
+
+    async def create_topics(self) -> None:
+        """Create every topic of the catalogue (idempotent)."""
+        await ensure_topics(self.stack.kafka_bootstrap, self.catalogue.topics)
+
+    def finished(self) -> bool:
+        """True when every sync and every job it led to has reached a final state.
+
+        Each normalize job that ended ``done`` queued one job of each downstream kind, so those
+        must all exist (the sink may still be catching up) and be final too.
+        """
+        counts = job_counts(self.stack.database_url, self.users)
+        if counts.count("google_gmail_sync", TERMINAL) < len(self.users):
+            return False
+        if any(counts.count(kind) != counts.count(kind, TERMINAL) for kind in counts.by_kind):
+            return False
+        normalized = counts.count("normalize_google_email", ("done",))
+        return all(counts.count(kind) == normalized for kind in MESSAGE_KINDS[1:])
+
+    async def watch(
+        self, workers: ProcessGroup, wait_seconds: float, console: Console | None
+    ) -> bool:
+        """Show progress until done, a worker dies, or ``wait_seconds``; True when done."""
+        labels = stage_topics(self.catalogue)
+        progress = _progress(console)
+        tasks = {label: progress.add_task(label, total=None) for label in labels}
+        deadline = time.monotonic() + wait_seconds
+        async with TopicCounter(self.stack.kafka_bootstrap) as counter:
+            with progress:
+                while time.monotonic() < deadline:
+                    counts = await counter.records(labels.values())
+                    total = counts[labels["discovered"]] or None
+                    for label, topic in labels.items():
+                        per_message = label not in ("contacts", "insights")
+                        progress.update(
+                            tasks[label],
+                            completed=counts[topic],
+                            total=total if per_message else None,
+                        )
+                    if await asyncio.to_thread(self.finished):
+                        return True
+                    exited = workers.exited()
+                    if exited:
+                        raise click.ClickException(f"worker processes exited early: {exited}")
+                    await asyncio.sleep(0.5)
+        return False
+
+    async def summary(self, emulator: GmailEmulator, complete: bool, logs: Path) -> RunSummary:
+        """Collect the figures the job prints."""
+        async with TopicCounter(self.stack.kafka_bootstrap) as counter:
+            stages = await counter.records(stage_topics(self.catalogue).values())
+            dlqs = await counter.records(dlq_topics(self.catalogue).values())
+        labels = {topic: label for label, topic in stage_topics(self.catalogue).items()}
+        dlq_labels = {topic: agent for agent, topic in dlq_topics(self.catalogue).items()}
+        jobs = job_counts(self.stack.database_url, self.users)
+        accounting = emulator.accounting
+        return RunSummary(
+            users=self.users,
+            mailbox_messages=sum(len(emulator.message_ids(u)) for u in self.users),
+            records_per_stage={labels[t]: n for t, n in stages.items()},
+            jobs_by_status=jobs.by_status(),
+            jobs_by_kind=jobs.by_kind,
+            dlq_records={dlq_labels[t]: n for t, n in dlqs.items()},
+            gmail_units=sum(accounting.units_by_user.values()),
+            gmail_calls=dict(accounting.calls_by_method),
+            gmail_throttled=sum(accounting.throttled.values()),
+            elapsed_seconds=round(time.monotonic() - self.started, 1),
+            complete=complete,
+            namespace=self.namespace,
+            kafka_bootstrap=self.stack.kafka_bootstrap,
+            database_url=self.stack.database_url,
+            logs=str(logs),
+        )
+
+
+def _progress(console: Console | None) -> Progress:
+    return Progress(
+        TextColumn("{task.description:>11}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=console is None,
+        transient=False,
+    )
+
+
+def print_summary(summary: RunSummary) -> None:
+    """Print the summary in plain words."""
+    state = "complete" if summary.complete else "INCOMPLETE (timed out)"
+    click.echo(f"\ninboxflow run {state} in {summary.elapsed_seconds:.1f}s")
+    click.echo(f"  users: {len(summary.users)}, messages in mailboxes: {summary.mailbox_messages}")
+    click.echo("  records per stage: " + _pairs(summary.records_per_stage))
+    click.echo("  job rows by status: " + _pairs(summary.jobs_by_status))
+    click.echo(
+        f"  Gmail quota units: {summary.gmail_units} "
+        f"({_pairs(summary.gmail_calls)}), throttled responses: {summary.gmail_throttled}"
+    )
+    click.echo("  dead-letter records: " + _pairs(summary.dlq_records))
+    click.echo(f"  topics: {summary.namespace}.*  logs: {summary.logs}")
+
+
+def _pairs(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items()) or "none"
+
+
 @click.command()
+@click.option("--users", "user_count", default=3, show_default=True, help="Generated mailboxes.")
+@click.option("--messages", default=300, show_default=True, help="Generated messages per user.")
+@click.option("--seed", default=7, show_default=True, help="Mailbox generator seed.")
+@click.option(
+    "--mbox",
+    type=click.Path(exists=True, path_type=Path),
+    help="Real mail (mbox file or folder of .eml) for the first user instead of generated mail.",
+)
+@click.option("--timeout", default=900.0, show_default=True, help="Seconds to wait for the job.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_obj
-def run(settings: Settings, as_json: bool) -> None:
+def run(
+    settings: Settings,
+    user_count: int,
+    messages: int,
+    seed: int,
+    mbox: Path | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
     """Run the main job end to end on the local stack and print a summary."""
+    external = _given("KAFKA_BOOTSTRAP_SERVERS") and _given("DATABASE_URL")
+    run_id = time.strftime("%Y%m%d%H%M%S")
+    # On services someone else keeps, a run gets its own topics and mailboxes, left for
+    # inspection; a fresh local stack uses the plain names.
+    namespace = f"{settings.topic_namespace}-run-{run_id}" if external else settings.topic_namespace
+    domain = f"run-{run_id}.inboxflow.test" if external else "inboxflow.test"
+    users = [f"user{i + 1}@{domain}" for i in range(1 if mbox else user_count)]
+    console = None if as_json else Console(stderr=True)
+    logs = Path(tempfile.mkdtemp(prefix="inboxflow-run-logs-"))
     with running_stack(settings) as stack:
-        if not as_json:
-            click.echo(
-                f"Stack ready: kafka={stack.kafka_bootstrap} started={stack.started or 'none'}"
-            )
-        result = asyncio.run(round_trip(stack.kafka_bootstrap, stack.database_url))
+        if console:
+            console.print(f"stack ready: kafka={stack.kafka_bootstrap} started={stack.started}")
+        emulator = start_emulator(users, messages, seed, mbox)
+        try:
+            summary = _run_job(settings, stack, namespace, users, emulator, logs, timeout, console)
+        finally:
+            emulator.stop_thread()
     if as_json:
-        click.echo(json.dumps(result.as_dict()))
+        click.echo(json.dumps(asdict(summary)))
     else:
-        print_round_trip(result.as_dict())
+        print_summary(summary)
+    if not summary.complete:
+        raise SystemExit(1)
+
+
+def _run_job(
+    settings: Settings,
+    stack: Stack,
+    namespace: str,
+    users: list[str],
+    emulator: GmailEmulator,
+    logs: Path,
+    timeout: float,
+    console: Console | None,
+) -> RunSummary:
+    job = Job(settings, stack, namespace, users)
+    asyncio.run(job.create_topics())
+    workers = start_all(worker_env(settings, stack, emulator.url, namespace), log_dir=logs)
+    try:
+        env_settings = settings.model_copy(
+            update={"kafka_bootstrap_servers": stack.kafka_bootstrap, "topic_namespace": namespace}
+        )
+        asyncio.run(request_syncs(env_settings, users, full=True))
+        complete = asyncio.run(job.watch(workers, timeout, console))
+    finally:
+        workers.stop()
+    return asyncio.run(job.summary(emulator, complete, logs))
