@@ -49,6 +49,7 @@ RowT_co = TypeVar("RowT_co", covariant=True)
 REJECTED_ROW_ERRORS = (psycopg.DataError, psycopg.IntegrityError)
 
 # Context headers added to a dead letter; the record's own headers come first, untouched.
+# Same keys as topics.headers (sinks must not import topics; a unit test keeps them equal).
 HEADER_ORIGINAL_TOPIC = "x-original-topic"
 HEADER_ORIGINAL_PARTITION = "x-original-partition"
 HEADER_ORIGINAL_OFFSET = "x-original-offset"
@@ -59,7 +60,9 @@ HEADER_EXCEPTION_CLASS = "x-exception-class"
 HEADER_EXCEPTION_MESSAGE = "x-exception-message"
 HEADER_ERROR_CLASS = "x-error-class"
 HEADER_STAGE = "x-stage"
+HEADER_HANDLER = "x-handler"
 _MAX_MESSAGE_BYTES = 1024
+_TIMESTAMP_TYPES = {0: "CreateTime", 1: "LogAppendTime"}
 
 
 @dataclass(frozen=True)
@@ -474,17 +477,18 @@ def dead_letter_headers(
     record: Record, exc: BaseException, group_id: str
 ) -> list[tuple[str, bytes]]:
     """Return the record's headers unchanged followed by the context headers of a dead letter."""
-    message = str(exc).encode("utf-8", "replace")[:_MAX_MESSAGE_BYTES]
+    message = str(exc).encode()[:_MAX_MESSAGE_BYTES].decode(errors="ignore").encode()
     context = {
         HEADER_ORIGINAL_TOPIC: record.topic,
         HEADER_ORIGINAL_PARTITION: str(record.partition),
         HEADER_ORIGINAL_OFFSET: str(record.offset),
         HEADER_ORIGINAL_TIMESTAMP: str(record.timestamp),
-        HEADER_ORIGINAL_TIMESTAMP_TYPE: str(record.timestamp_type),
+        HEADER_ORIGINAL_TIMESTAMP_TYPE: _TIMESTAMP_TYPES.get(record.timestamp_type, "unknown"),
         HEADER_ORIGINAL_GROUP: group_id,
         HEADER_EXCEPTION_CLASS: f"{type(exc).__module__}.{type(exc).__qualname__}",
         HEADER_ERROR_CLASS: str(RetryClass.PERMANENT),
         HEADER_STAGE: "sink",
+        HEADER_HANDLER: group_id,
     }
     headers = list(record.headers)
     headers.extend((key, value.encode()) for key, value in context.items())

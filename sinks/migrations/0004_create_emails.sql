@@ -1,5 +1,6 @@
 -- Normalized emails, optionally written by the contacts sink from EmailNormalized events
--- (switched by configuration). One row per message; replays rewrite the same row.
+-- (switched by configuration). One row per message; the latest normalization wins, so
+-- replays and re-normalizations converge on one row.
 CREATE TABLE emails (
     user_id      text        NOT NULL,
     message_id   text        NOT NULL,
@@ -14,6 +15,7 @@ CREATE TABLE emails (
     body_text    text,
     size_bytes   bigint,
     attachments  jsonb       NOT NULL DEFAULT '[]'::jsonb,
+    normalized_at timestamptz NOT NULL,
     source_topic     text,
     source_partition integer,
     source_offset    bigint,
