@@ -7,7 +7,6 @@ or the dead-letter topic. Routing (producing the record there) lives in ``stream
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,7 +80,7 @@ def classify(exc: BaseException) -> Failure:
     message = f"{type(exc).__name__}: {exc}"[:_MAX_MESSAGE]
     if isinstance(exc, InboxflowError):
         return Failure(exc.retry_class, message, exc.retry_after)
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return Failure(RetryClass.TIMEOUT, message)
     if isinstance(exc, psycopg.OperationalError | aiohttp.ClientConnectionError | ConnectionError):
         return Failure(RetryClass.TRANSIENT, message)

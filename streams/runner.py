@@ -20,9 +20,11 @@ from itertools import groupby
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from schemas.errors import StageTimeoutError
+from schemas.errors import RetryClass, StageTimeoutError
 from schemas.models import JobStatus
+from streams.breaker import BreakerRegistry, CircuitBreaker
 from streams.failures import Failure, RetryPolicy, Tier, classify, decide
+from streams.metrics import AgentMetrics, agent_metrics
 from streams.routing import attempts_so_far, failed_status, forward_failed, job_state
 from streams.stage import JobRef, Outcome, Outgoing, Record, Stage
 from topics.catalogue import ConsumerGroup
@@ -30,6 +32,7 @@ from topics.catalogue import ConsumerGroup
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 64 * 1024 * 1024 + 65536  # the largest topic limit plus headers
+BREAKER_MAX_WAIT = 30.0  # seconds a batch waits on an open breaker before going ahead
 
 
 class Publisher:
@@ -116,7 +119,11 @@ class StageRunner:
         publisher: Publisher,
         policy: RetryPolicy | None = None,
         clock: Callable[[], float] = time.time,
+        breakers: BreakerRegistry | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
+        self.breakers = breakers or BreakerRegistry()
+        self.metrics = metrics or agent_metrics()
         self.stage = stage
         self.group = group
         self.job_topic = job_topic
@@ -142,6 +149,9 @@ class StageRunner:
         await asyncio.gather(*(self._run_partition(batch) for batch in by_partition))
 
     async def _run_partition(self, records: list[Record]) -> None:
+        started_at = time.perf_counter()
+        breakers = [self.breakers.get(name) for name in self.stage.dependencies(records)]
+        await self._wait_for(breakers)
         refs = [self._job_of(record) for record in records]
         attempts = [attempts_so_far(record) + 1 for record in records]
         starts = [
@@ -151,6 +161,7 @@ class StageRunner:
         ]
         started = await self.publisher.send(starts)
         outcomes = await self._process(records)
+        self._record_health(breakers, outcomes)
         results: list[Outgoing] = []
         for record, ref, attempt, outcome in zip(records, refs, attempts, outcomes, strict=True):
             results += self._follow_up(record, ref, attempt, outcome)
@@ -158,6 +169,39 @@ class StageRunner:
         for outcome in outcomes:
             if outcome.error is None and outcome.after_publish is not None:
                 await self._after_publish(outcome.after_publish)
+        self.metrics.batch_seconds.labels(self.group.group_id, self.stage.name).observe(
+            time.perf_counter() - started_at
+        )
+
+    async def _wait_for(self, breakers: list[CircuitBreaker]) -> None:
+        # An open breaker parks this partition's batch (unacked, so faust stops fetching more)
+        # instead of burning records into retry tiers. The wait is capped: a batch held for
+        # minutes would stall rebalances (faust waits for in-flight events), so after the cap
+        # the batch goes ahead and its failures take the retry ladder.
+        deadline = time.monotonic() + BREAKER_MAX_WAIT
+        while breakers and time.monotonic() < deadline:
+            waits = [b.wait_seconds() for b in breakers]
+            if max(waits) <= 0 and all(b.allow() for b in breakers):
+                break
+            self._export(breakers)
+            await asyncio.sleep(min(max(max(waits), 0.05), 0.5))
+        self._export(breakers)
+
+    def _record_health(self, breakers: list[CircuitBreaker], outcomes: list[Outcome]) -> None:
+        if not breakers:
+            return
+        unhealthy = any(
+            outcome.error is not None
+            and classify(outcome.error).retry_class in (RetryClass.TRANSIENT, RetryClass.TIMEOUT)
+            for outcome in outcomes
+        )
+        for breaker in breakers:
+            breaker.record(success=not unhealthy)
+        self._export(breakers)
+
+    def _export(self, breakers: list[CircuitBreaker]) -> None:
+        for breaker in breakers:
+            self.metrics.breaker_state.labels(breaker.name).set(int(breaker.state))
 
     async def _after_publish(self, hook: Callable[[], Awaitable[None]]) -> None:
         # The outputs are safe in Kafka; a failed hook only means work is redone next time.
@@ -196,6 +240,7 @@ class StageRunner:
         self.stats.processed += 1
         if outcome.error is None:
             self.stats.succeeded += 1
+            self.metrics.records.labels(self.group.group_id, self.stage.name, "done").inc()
             follow = list(outcome.outputs)
             follow += [
                 job_state(self.job_topic, kind, queued, JobStatus.QUEUED, attempt=0, now=now)
@@ -224,6 +269,9 @@ class StageRunner:
             self.stats.dead += 1
         else:
             self.stats.retried += 1
+        labels = (self.group.group_id, self.stage.name)
+        self.metrics.records.labels(*labels, "dead" if decision.dead else "retry").inc()
+        self.metrics.failures.labels(*labels, failure.retry_class.value).inc()
         log.log(
             logging.ERROR if decision.dead else logging.INFO,
             "record failed group=%s topic=%s partition=%s offset=%s attempt=%s class=%s to=%s: %s",

@@ -99,6 +99,10 @@ class Stage(Protocol):
         """Seconds one batch may take before it is a TIMEOUT failure."""
         ...
 
+    def dependencies(self, records: Sequence[Record]) -> list[str]:
+        """Return the names of the circuit breakers a batch depends on (may be empty)."""
+        ...
+
     def job_of(self, record: Record) -> JobRef | None:
         """Return the job a record stands for, or None when its bytes cannot be read."""
         ...

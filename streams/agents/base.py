@@ -41,6 +41,12 @@ class Decoder(Generic[E]):
         return decoded
 
 
+def gmail_breakers(records: Sequence[Record]) -> list[str]:
+    """Breaker names for Gmail calls made for these records: overall, then per user."""
+    users = sorted({(record.key or b"").decode("utf-8", "replace") for record in records})
+    return ["gmail", *(f"gmail:{user}" for user in users)]
+
+
 def event_record(serde: Serde, topic: str, event: Event) -> Outgoing:
     """Return ``event`` as a record keyed by its user id."""
     return Outgoing(topic, event.user_id.encode(), serde.encode(event))

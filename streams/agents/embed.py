@@ -38,6 +38,10 @@ class EmbedStage:
         self.clock = clock
         self.max_chars = max_chars
 
+    def dependencies(self, records: Sequence[Record]) -> list[str]:
+        """The embedding provider."""
+        return [f"embedding:{self.provider.name}"]
+
     def job_of(self, record: Record) -> JobRef:
         """The message's embed job."""
         event = self.normalized.decode(record)

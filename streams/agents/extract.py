@@ -24,6 +24,10 @@ class ExtractStage:
         self.contacts_topic = contacts_topic
         self.timeout = timeout
 
+    def dependencies(self, records: Sequence[Record]) -> list[str]:
+        """No external dependency: nothing to break."""
+        return []
+
     def job_of(self, record: Record) -> JobRef:
         """The message's extract job."""
         event = self.normalized.decode(record)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from schemas.models import GmailMessageFetched, JobKind, MessageDiscovered
 from schemas.serde import Serde
-from streams.agents.base import Decoder, event_record, utc_now
+from streams.agents.base import Decoder, event_record, gmail_breakers, utc_now
 from streams.gmail.client import FetchedMessage, FetchNeed, GmailClient, MessageGone, MessageRef
 from streams.stage import JobRef, Outcome, Record
 
@@ -41,6 +41,10 @@ class FetchStage:
         self.fetched_topic = fetched_topic
         self.timeout = timeout
         self.clock = clock
+
+    def dependencies(self, records: Sequence[Record]) -> list[str]:
+        """Gmail overall and each user in the batch (records are keyed by user id)."""
+        return gmail_breakers(records)
 
     def job_of(self, record: Record) -> JobRef:
         """The message's normalize job (fetch is its first half)."""

@@ -92,6 +92,10 @@ class InsightStage:
         self.interval = interval
         self.clock = clock
 
+    def dependencies(self, records: Sequence[Record]) -> list[str]:
+        """No external dependency: nothing to break."""
+        return []
+
     def job_of(self, record: Record) -> JobRef:
         """The message's insight job."""
         event = self.normalized.decode(record)

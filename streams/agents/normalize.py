@@ -39,6 +39,10 @@ class NormalizeStage:
         self.timeout = timeout
         self.clock = clock
 
+    def dependencies(self, records: Sequence[Record]) -> list[str]:
+        """No external dependency: nothing to break."""
+        return []
+
     def job_of(self, record: Record) -> JobRef:
         """The message's normalize job."""
         event = self.fetched.decode(record)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from schemas.errors import StageTimeoutError, StaleHistoryError
 from schemas.models import JobKind, MessageDiscovered, SyncRequested
 from schemas.serde import Serde
-from streams.agents.base import Decoder, event_record, utc_now
+from streams.agents.base import Decoder, event_record, gmail_breakers, utc_now
 from streams.gmail.client import GmailClient, MessageRef
 from streams.settings import StageTimeouts
 from streams.stage import JobRef, Outcome, Record
@@ -64,6 +64,10 @@ class SyncStage:
     def timeout(self) -> float:
         """Outer bound; each sync gets a deadline scaled by its mailbox (see ``_list``)."""
         return self.timeouts.sync_for(2_000_000)
+
+    def dependencies(self, records: Sequence[Record]) -> list[str]:
+        """Gmail overall and each user in the batch (records are keyed by user id)."""
+        return gmail_breakers(records)
 
     def job_of(self, record: Record) -> JobRef:
         """A sync job per request."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 
 import aiohttp
@@ -36,7 +35,6 @@ LADDER = [Tier("t.retry.5s", 5), Tier("t.retry.30s", 30), Tier("t.retry.2m", 120
         (UndecodableRecordError("bad bytes"), RetryClass.PERMANENT),
         (StaleHistoryError("old"), RetryClass.PERMANENT),
         (TimeoutError(), RetryClass.TIMEOUT),
-        (asyncio.TimeoutError(), RetryClass.TIMEOUT),
         (psycopg.OperationalError("server closed"), RetryClass.TRANSIENT),
         (aiohttp.ClientConnectionError("refused"), RetryClass.TRANSIENT),
         (ConnectionResetError(), RetryClass.TRANSIENT),

@@ -1,0 +1,169 @@
+"""A whole pipeline for end-to-end tests: Gmail emulator, topics, every worker and sink as
+real processes on the session's Kafka and a database of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from psycopg import sql
+
+from devstack.gmail_emulator.server import GmailEmulator
+from devstack.stack import Stack
+from schemas.models import Event
+from schemas.serde import decode
+from streams.agents import catalogue_from
+from streams.observe import TERMINAL, job_counts
+from streams.pipeline_cli import request_syncs
+from streams.settings import Settings
+from streams.supervisor import ProcessGroup, start_all
+from tests.conftest import TEMPLATE_DATABASE, _with_database
+from tests.helpers import wait_until
+from topics.admin import ensure_topics
+from topics.catalogue import Catalogue
+
+E = TypeVar("E", bound=Event)
+
+
+@dataclass
+class Pipeline:
+    """A running pipeline and what tests need to drive and inspect it."""
+
+    settings: Settings
+    catalogue: Catalogue
+    emulator: GmailEmulator
+    workers: ProcessGroup
+    database_url: str
+    logs: Path
+
+    def sync(self, users: list[str], *, full: bool = False) -> list[str]:
+        """Request a sync of each user; return the sync ids."""
+        return asyncio.run(request_syncs(self.settings, users, full=full))
+
+    def jobs(self, users: list[str]) -> dict[str, dict[str, int]]:
+        """Job rows per kind and status."""
+        return job_counts(self.database_url, users).by_kind
+
+    def wait_settled(self, users: list[str], *, messages: int, timeout: float = 180) -> None:
+        """Wait until every job of ``users`` is final and all ``messages`` went all the way."""
+
+        def settled() -> bool:
+            self.check_workers()
+            counts = job_counts(self.database_url, users)
+            if any(counts.count(k) != counts.count(k, TERMINAL) for k in counts.by_kind):
+                return False
+            kinds = ("normalize_google_email", "extract_contacts", "embed", "insight")
+            return counts.count("google_gmail_sync", TERMINAL) > 0 and all(
+                counts.count(kind, ("done",)) >= messages for kind in kinds
+            )
+
+        wait_until(settled, timeout=timeout, interval=0.5, message=f"pipeline settled {users}")
+
+    def check_workers(self) -> None:
+        """Fail with the logs of any worker that died."""
+        exited = self.workers.exited()
+        if exited:
+            tails = {
+                name: (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
+                for name in exited
+            }
+            raise AssertionError(f"workers exited {exited}: {json.dumps(tails, indent=1)}")
+
+    def read(self, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+        """Every record currently in ``topic``."""
+        return asyncio.run(read_topic(self.settings.kafka_bootstrap_servers, topic))
+
+    def events(self, topic: str, model: type[E]) -> list[E]:
+        """Every event currently in ``topic``, decoded."""
+        return [decode(record.value or b"", model) for record in self.read(topic)]
+
+    def query(self, statement: str, **params: Any) -> list[tuple[Any, ...]]:
+        """Rows of a query on the pipeline's database."""
+        with psycopg.connect(self.database_url) as conn:
+            return list(conn.execute(statement, params))  # type: ignore[arg-type]
+
+
+async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+    """Read ``topic`` from the start up to its current end offsets."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        while any(await consumer.position(tp) < end for tp, end in ends.items()):
+            batch = await consumer.getmany(timeout_ms=1000)
+            for part in batch.values():
+                records.extend(part)
+        return records
+    finally:
+        await consumer.stop()
+
+
+def _create_database(stack: Stack) -> str:
+    name = f"pipeline_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(TEMPLATE_DATABASE)
+            )
+        )
+    return _with_database(stack.database_url, name)
+
+
+@contextmanager
+def running_pipeline(
+    stack: Stack,
+    emulator: GmailEmulator,
+    *,
+    env: dict[str, str] | None = None,
+    retry_ladders: dict[str, list[int]] | None = None,
+) -> Iterator[Pipeline]:
+    """Start every worker and sink against ``emulator`` under a fresh namespace and database."""
+    namespace = f"e2e-{uuid.uuid4().hex[:8]}"
+    database_url = _create_database(stack)
+    settings = Settings(
+        kafka_bootstrap_servers=stack.kafka_bootstrap,
+        database_url=database_url,
+        topic_namespace=namespace,
+        topic_partitions=3,
+        gmail_api_root=emulator.url,
+        retry_ladders=retry_ladders or {},
+        insight_interval_seconds=0.5,
+    )
+    catalogue = catalogue_from(settings)
+    asyncio.run(ensure_topics(stack.kafka_bootstrap, catalogue.topics))
+    worker_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("INBOXFLOW_")},
+        "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
+        "DATABASE_URL": database_url,
+        "INBOXFLOW_TOPIC_NAMESPACE": namespace,
+        "INBOXFLOW_TOPIC_PARTITIONS": "3",
+        "INBOXFLOW_GMAIL_API_ROOT": emulator.url,
+        "INBOXFLOW_INSIGHT_INTERVAL_SECONDS": "0.5",
+        "INBOXFLOW_RETRY_LADDERS": json.dumps(retry_ladders or {}),
+        **(env or {}),
+    }
+    logs = Path(tempfile.mkdtemp(prefix=f"inboxflow-{namespace}-"))
+    workers = start_all(worker_env, log_dir=logs)
+    try:
+        yield Pipeline(settings, catalogue, emulator, workers, database_url, logs)
+    finally:
+        workers.stop()
