@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import faust
+from prometheus_client import start_http_server
 
 from streams.agents import AGENTS, Resources, build_stages, catalogue_from
 from streams.settings import Settings
@@ -29,6 +30,8 @@ SINKS = ("jobs", "contacts")
 
 def run_agent(agent: str, settings: Settings, *, loglevel: str = "WARNING") -> None:
     """Run one consumer group's faust worker in this process until SIGTERM or Ctrl-C."""
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1")
     catalogue = catalogue_from(settings)
     resources = Resources.from_settings(settings)
     app = build_worker_app(
