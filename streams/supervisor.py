@@ -102,10 +102,11 @@ def start_all(
 ) -> ProcessGroup:
     """Start every agent and sink as a child process with ``env``."""
     group = ProcessGroup()
-    for agent in agents:
-        group.start(
-            f"agent-{agent}", _command("worker", "--agent", agent), env=env, log_dir=log_dir
-        )
-    for sink in sinks:
-        group.start(f"sink-{sink}", _command("sink", sink), env=env, log_dir=log_dir)
+    base_port = int(env.get("INBOXFLOW_METRICS_PORT", "0") or 0)
+    names = [(f"agent-{a}", _command("worker", "--agent", a)) for a in agents]
+    names += [(f"sink-{s}", _command("sink", s)) for s in sinks]
+    for index, (name, argv) in enumerate(names):
+        # Each process serves its own metrics: the base port plus its index.
+        port = str(base_port + index) if base_port else "0"
+        group.start(name, argv, env={**env, "INBOXFLOW_METRICS_PORT": port}, log_dir=log_dir)
     return group
