@@ -1,6 +1,7 @@
 """Contacts sink: ``ContactExtracted`` into ``contacts``; optionally ``EmailNormalized`` too.
 
 The ``emails`` table is written only when the sink is given an ``EmailsWriter`` (config switch).
+
 Counting must survive replays: a (contact, role, message) sighting is first inserted into the
 ``contact_messages`` ledger with ``ON CONFLICT DO NOTHING``, and only the sightings actually
 inserted add to the counts, in the same statement. First and last seen are LEAST/GREATEST; the

@@ -194,13 +194,23 @@ async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30
     return records
 
 
-def stored_offsets(database_url: str, group_id: str) -> dict[int, int]:
-    """Return the sink's stored next offset per partition."""
+def stored_offsets(database_url: str, group_id: str, topic: str | None = None) -> dict[int, int]:
+    """Return the sink's stored next offset per partition (of one topic, if given)."""
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
-            "SELECT partition, next_offset FROM sink_offsets WHERE group_id = %s", (group_id,)
+            "SELECT partition, next_offset FROM sink_offsets"
+            " WHERE group_id = %s AND (%s::text IS NULL OR topic = %s)",
+            (group_id, topic, topic),
         ).fetchall()
     return {int(p): int(o) for p, o in rows}
+
+
+def caught_up(
+    database_url: str, group_id: str, ends: dict[int, int], topic: str | None = None
+) -> bool:
+    """Return whether the stored offsets reached ``ends`` (partition -> end offset)."""
+    stored = stored_offsets(database_url, group_id, topic)
+    return all(stored.get(partition) == offset for partition, offset in ends.items())
 
 
 @dataclass
