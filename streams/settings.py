@@ -112,3 +112,6 @@ class Settings(BaseSettings):
     )
     timeouts: StageTimeouts = StageTimeouts()
     metrics_port: int = Field(0, description="Prometheus metrics port for workers; 0 disables.")
+    sink_emails: bool = Field(
+        False, description="The contacts sink also writes EmailNormalized into the emails table."
+    )
