@@ -8,6 +8,7 @@ import click
 
 from devstack.cli import dev
 from devstack.gmail_emulator.cli import emulator
+from sinks.cli import sink, sink_bench
 from streams.gmail.bench import gmail as gmail_bench
 from streams.pipeline_cli import sync, worker
 from streams.run import run
@@ -55,5 +56,7 @@ bench.add_command(gmail_bench)
 
 
 def main() -> None:
+cli.add_command(sink)
+bench.add_command(sink_bench)
     """Console-script entry point."""
     cli()
