@@ -34,8 +34,13 @@ The insights (each computed over the state retained under the caps below)
     **Unanswered threads** (``unanswered``): retained threads whose latest message (by Date)
     was received (not from the user), has a sender, carries none of the labels in
     :data:`UNANSWERED_IGNORED_LABELS` (spam, trash, promotions, social, updates, forums), and
-    is at least ``unanswered_after`` older than ``now``. Oldest first, ``max_unanswered``
+    is at least ``unanswered_after`` older than ``now``. Each carries the latest message's
+    subject (cut to 200 characters), id, sender and date. Oldest first, ``max_unanswered``
     entries; ``unanswered_total`` counts them all.
+
+    **Window** (``window_start`` .. ``generated_at``): the counts above cover every message
+    folded in since the state was created, within the caps; ``window_start`` is the earliest
+    Date among them (``None`` before the first dated message).
 
 Caps (:class:`InsightCaps`; the state never grows past them)
     threads 500 (when exceeded, the 10% with the oldest latest message are dropped),
@@ -82,6 +87,7 @@ __all__ = [
 ]
 
 STATE_VERSION = 1
+_SUBJECT_CHARS = 200  # subjects are kept for unanswered threads only, cut to this length
 SENT_LABEL = "SENT"
 UNANSWERED_IGNORED_LABELS = frozenset(
     {
@@ -106,6 +112,9 @@ class EmailLike(Protocol):
 
     @property
     def labels(self) -> Sequence[str]: ...
+
+    @property
+    def subject(self) -> str: ...
 
     @property
     def sender(self) -> AddressLike | None: ...
@@ -157,6 +166,10 @@ class DayVolume:
     received: int
     sent: int
 
+    @property
+    def messages(self) -> int:
+        return self.received + self.sent
+
 
 @dataclass(frozen=True, slots=True)
 class ReplyLatency:
@@ -174,6 +187,7 @@ class UnansweredThread:
     """A thread whose latest message is waiting for the user."""
 
     thread_id: str
+    subject: str  # of the latest message, cut to 200 characters
     message_id: str
     from_address: str
     received_at: datetime
@@ -185,6 +199,7 @@ class InsightSnapshot:
     """The insights of one user at ``generated_at``."""
 
     generated_at: datetime
+    window_start: datetime | None  # earliest Date folded in; None before any dated message
     user_addresses: tuple[str, ...]
     messages_seen: int
     top_correspondents: tuple[CorrespondentCount, ...]
@@ -197,14 +212,22 @@ class InsightSnapshot:
         """Return a JSON-ready dict (datetimes as ISO 8601 strings in UTC)."""
         return {
             "generated_at": self.generated_at.isoformat(),
+            "window_start": self.window_start.isoformat() if self.window_start else None,
             "user_addresses": list(self.user_addresses),
             "messages_seen": self.messages_seen,
             "top_correspondents": [
-                {"address": c.address, "name": c.name, "received": c.received, "sent": c.sent}
+                {
+                    "address": c.address,
+                    "name": c.name,
+                    "messages": c.messages,
+                    "received": c.received,
+                    "sent": c.sent,
+                }
                 for c in self.top_correspondents
             ],
             "volume_by_day": [
-                {"day": v.day, "received": v.received, "sent": v.sent} for v in self.volume_by_day
+                {"day": v.day, "messages": v.messages, "received": v.received, "sent": v.sent}
+                for v in self.volume_by_day
             ],
             "reply_latency": [
                 {
@@ -219,6 +242,7 @@ class InsightSnapshot:
             "unanswered": [
                 {
                     "thread_id": u.thread_id,
+                    "subject": u.subject,
                     "message_id": u.message_id,
                     "from_address": u.from_address,
                     "received_at": u.received_at.isoformat(),
@@ -280,6 +304,8 @@ class UserInsights:
     _correspondents: dict[str, _Correspondent] = field(default_factory=dict)
     _volume: dict[str, list[int]] = field(default_factory=dict)  # day -> [received, sent]
     _threads: dict[str, list[_ThreadMessage]] = field(default_factory=dict)
+    _subjects: dict[str, str] = field(default_factory=dict)  # thread -> its latest subject
+    _first_at: int | None = None  # earliest Date seen: the start of the insights' window
 
     @classmethod
     def for_user(
@@ -382,12 +408,16 @@ class UserInsights:
         )
         messages = self._threads.setdefault(email.thread_id, [])
         bisect.insort(messages, entry)
+        if messages[-1] is entry:
+            self._subjects[email.thread_id] = email.subject[:_SUBJECT_CHARS]
+        self._first_at = at if self._first_at is None else min(self._first_at, at)
         if len(messages) > self.caps.messages_per_thread:
             del messages[: len(messages) - self.caps.messages_per_thread]
         if len(self._threads) > self.caps.threads:
             keep = self.caps.threads * 9 // 10
             ranked = sorted(self._threads.items(), key=lambda item: (-item[1][-1].at, item[0]))
             self._threads = dict(ranked[:keep])
+            self._subjects = {t: self._subjects.get(t, "") for t in self._threads}
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -404,6 +434,9 @@ class UserInsights:
         unanswered = self._unanswered(now, unanswered_after)
         return InsightSnapshot(
             generated_at=now.astimezone(UTC),
+            window_start=None
+            if self._first_at is None
+            else datetime.fromtimestamp(self._first_at, UTC),
             user_addresses=tuple(sorted(self.user_addresses)),
             messages_seen=self.messages_seen,
             top_correspondents=self._top_correspondents(top_n),
@@ -466,6 +499,7 @@ class UserInsights:
             waiting.append(
                 UnansweredThread(
                     thread_id=thread_id,
+                    subject=self._subjects.get(thread_id, ""),
                     message_id=last.message_id,
                     from_address=last.sender,
                     received_at=datetime.fromtimestamp(last.at, UTC),
@@ -493,6 +527,8 @@ class UserInsights:
                 thread_id: [m.to_json() for m in messages]
                 for thread_id, messages in self._threads.items()
             },
+            "subjects": dict(self._subjects),
+            "first_at": self._first_at,
         }
 
     def to_json(self) -> str:
@@ -532,6 +568,11 @@ class UserInsights:
                 for thread_id, messages in data["threads"].items()
                 if messages
             }
+            state._subjects = {
+                thread_id: str(data["subjects"].get(thread_id, "")) for thread_id in state._threads
+            }
+            first_at = data["first_at"]
+            state._first_at = None if first_at is None else int(first_at)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed insights state: {exc}") from exc
         return state

@@ -15,6 +15,7 @@ and to Postgres ``text`` columns as is.
 from __future__ import annotations
 
 import codecs
+import html
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = [
     "EmailAddress",
     "NormalizedEmail",
     "decode_bytes",
+    "make_snippet",
     "normalize_message",
 ]
 
@@ -147,6 +149,7 @@ def normalize_message(
     thread_id: str,
     label_ids: Sequence[str],
     size_estimate: int | None = None,
+    snippet: str | None = None,
     max_text_chars: int | None = DEFAULT_MAX_TEXT_CHARS,
 ) -> NormalizedEmail:
     """Parse raw RFC 5322 bytes into a :class:`NormalizedEmail`.
@@ -159,6 +162,8 @@ def normalize_message(
         thread_id: Gmail's thread id, copied through.
         label_ids: Gmail label ids (``INBOX``, ``SENT``, ...), copied through in order.
         size_estimate: Gmail's ``sizeEstimate``; when ``None`` the size is ``len(raw)``.
+        snippet: Gmail's ``snippet`` (HTML entities are unescaped); when ``None`` or blank,
+            the snippet is the first :data:`SNIPPET_CHARS` characters of the collapsed text.
         max_text_chars: Cut the body text to this many characters (``None``: no cut).
 
     Returns:
@@ -182,7 +187,7 @@ def normalize_message(
         reply_to=_addresses(msg, "reply-to"),
         sent_at=_sent_at(msg),
         text=text,
-        snippet=make_snippet(text),
+        snippet=make_snippet(html.unescape(snippet) if snippet and snippet.strip() else text),
         size=size_estimate if size_estimate is not None else len(raw),
         attachments=tuple(_attachments(msg)),
         message_id_header=_first_msg_id(_header_text(msg, "message-id")),
@@ -196,7 +201,7 @@ def make_snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
 
     A cut inside a word moves back to the previous space when one is in the last quarter.
     """
-    flat = _WHITESPACE.sub(" ", text).strip()
+    flat = _clean(_WHITESPACE.sub(" ", text).strip())
     if len(flat) <= limit:
         return flat
     cut = flat[:limit]
@@ -340,14 +345,15 @@ def _addresses(msg: Message, name: str) -> tuple[EmailAddress, ...]:
     """Parse an address header the way :func:`email.utils.getaddresses` does.
 
     Consistency with ``getaddresses`` over the policy-decoded header values is a contract:
-    the contacts e2e test compares against it. Entries without an address are dropped.
+    the contacts e2e test compares against it. Addresses are stripped and lower-cased (as the
+    ``EmailNormalized`` schema says); entries without an address are dropped.
     """
     values = _header_values(msg, name)
     empty: list[tuple[str, str]] = []
     pairs = _guard(lambda: getaddresses(values), empty)
     result = []
     for display, address in pairs:
-        address = _clean(address.strip())
+        address = _clean(address.strip()).lower()
         if address:
             result.append(EmailAddress(address=address, name=_clean(display.strip()) or None))
     return tuple(result)

@@ -34,12 +34,13 @@ def mail(
     at: datetime | None = T0,
     labels: tuple[str, ...] = ("INBOX",),
     name: str | None = None,
+    subject: str = "s",
 ) -> NormalizedEmail:
     return NormalizedEmail(
         message_id=message_id,
         thread_id=thread,
         labels=labels,
-        subject="s",
+        subject=subject,
         sender=EmailAddress(sender, name) if sender else None,
         to=tuple(EmailAddress(a) for a in to),
         cc=tuple(EmailAddress(a) for a in cc),
@@ -102,10 +103,20 @@ def test_volume_by_day_uses_utc_days() -> None:
     state.add_email(sent("3", to=("bob@example.com",), at=datetime(2026, 3, 3, 0, 0, tzinfo=UTC)))
     state.add_email(mail("4", at=None))
 
-    assert state.snapshot(NOW).volume_by_day == (
+    snapshot = state.snapshot(NOW)
+    assert snapshot.volume_by_day == (
         DayVolume("2026-03-02", received=2, sent=0),
         DayVolume("2026-03-03", received=0, sent=1),
     )
+    assert snapshot.window_start == datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
+    assert snapshot.generated_at == NOW
+    assert snapshot.to_dict()["volume_by_day"][0] == {
+        "day": "2026-03-02",
+        "messages": 2,
+        "received": 2,
+        "sent": 0,
+    }
+    assert UserInsights.for_user().snapshot(NOW).window_start is None
 
 
 def conversation() -> list[NormalizedEmail]:
@@ -149,7 +160,8 @@ def test_unanswered_threads() -> None:
     state = UserInsights.for_user([ME])
     day = timedelta(days=1)
     state.add_email(mail("old", thread="waiting", at=NOW - 5 * day))
-    state.add_email(mail("older", thread="waiting-longer", at=NOW - 6 * day))
+    state.add_email(mail("older", thread="waiting-longer", at=NOW - 6 * day, subject="Latest?"))
+    state.add_email(mail("oldest", thread="waiting-longer", at=NOW - 8 * day, subject="First"))
     state.add_email(mail("q", thread="answered", at=NOW - 5 * day))
     state.add_email(sent("r", thread="answered", to=("bob@example.com",), at=NOW - 4 * day))
     state.add_email(mail("new", thread="recent", at=NOW - timedelta(hours=3)))
@@ -164,6 +176,7 @@ def test_unanswered_threads() -> None:
     assert [u.thread_id for u in snapshot.unanswered] == ["waiting-longer"]
     only = snapshot.unanswered[0]
     assert only.message_id == "older"
+    assert only.subject == "Latest?"
     assert only.from_address == "bob@example.com"
     assert only.received_at == NOW - 6 * day
     assert only.waiting_seconds == 6 * 86400

@@ -225,6 +225,21 @@ def test_size_estimate_and_text_cap() -> None:
     assert len(normalize(msg.as_bytes(), max_text_chars=None).text) == len(("word " * 1000).strip())
 
 
+def test_gmail_snippet_is_used_when_given() -> None:
+    raw = simple_message("Body text").as_bytes()
+    assert (
+        normalize(raw, snippet="It&#39;s   Gmail&#39;s\nsnippet").snippet == "It's Gmail's snippet"
+    )
+    assert normalize(raw, snippet="  ").snippet == "Body text"
+
+
+def test_addresses_are_lower_cased() -> None:
+    msg = simple_message(From="Big <BIG@Example.COM>", To="Mixed.Case@Example.com")
+    email = normalize(msg.as_bytes())
+    assert email.sender == EmailAddress("big@example.com", "Big")
+    assert email.to == (EmailAddress("mixed.case@example.com"),)
+
+
 def test_snippet_is_collapsed_and_bounded() -> None:
     body = "First   line\n\n\tsecond line " + "lorem ipsum " * 100
     email = normalize(simple_message(body).as_bytes())
