@@ -108,13 +108,20 @@ async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, b
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         records: list[ConsumerRecord[bytes, bytes]] = []
-        while any(await consumer.position(tp) < end for tp, end in ends.items()):
+        while not await _reached(consumer, ends):
             batch = await consumer.getmany(timeout_ms=1000)
             for part in batch.values():
                 records.extend(part)
         return records
     finally:
         await consumer.stop()
+
+
+async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True
 
 
 def _create_database(stack: Stack) -> str:

@@ -184,7 +184,7 @@ def test_imported_eml_files_flow_through_unchanged_in_meaning(
         sender = parsed["from"].addresses[0] if parsed["from"] else None
         assert event.sender is not None
         assert sender is not None
-        assert event.sender.address == sender.addr_spec.lower()
+        assert event.sender.address.lower() == sender.addr_spec.lower()
         body = parsed.get_body(preferencelist=("plain", "html"))
         assert body is not None
         first_words = " ".join(str(body.get_content()).split()[:5])
