@@ -394,21 +394,31 @@ def _leaves(part: Message, depth: int = 0) -> Iterator[Message]:
     """Yield leaf parts in document order; attached messages (message/rfc822) count as leaves."""
     if depth > _MAX_DEPTH:
         return
-    if _guard(part.get_content_maintype, "text") == "multipart":
-        children: object = _guard(part.get_payload, None)
-        if isinstance(children, list):
-            for child in children:
-                if isinstance(child, Message):
-                    yield from _leaves(child, depth + 1)
+    children: object = _guard(part.get_payload, None)
+    if isinstance(children, list) and _guard(part.get_content_maintype, "") == "multipart":
+        for child in children:
+            if isinstance(child, Message):
+                yield from _leaves(child, depth + 1)
         return
     yield part
+
+
+def _content_type(part: Message) -> str:
+    """Return the part's content type; a multipart that did not split (no or wrong boundary)
+    is read as text/plain so that its body is not lost."""
+    content_type = _guard(part.get_content_type, "text/plain")
+    if content_type.startswith("multipart/") and not isinstance(
+        _guard(part.get_payload, None), list
+    ):
+        return "text/plain"
+    return content_type
 
 
 def _is_attachment(part: Message) -> bool:
     disposition = _guard(part.get_content_disposition, None)
     if disposition == "attachment" or _filename(part):
         return True
-    return _guard(part.get_content_type, "text/plain") not in ("text/plain", "text/html")
+    return _content_type(part) not in ("text/plain", "text/html")
 
 
 def _filename(part: Message) -> str:
@@ -436,12 +446,10 @@ def _payload_bytes(part: Message) -> bytes:
 
 def _attachments(msg: Message) -> Iterator[Attachment]:
     for part in _leaves(msg):
-        if part is msg and not _is_attachment(part):
-            continue
         if _is_attachment(part):
             yield Attachment(
                 filename=_filename(part),
-                mime_type=_guard(part.get_content_type, "application/octet-stream"),
+                mime_type=_content_type(part),
                 size=len(_payload_bytes(part)),
             )
 
@@ -450,7 +458,7 @@ def _part_text(part: Message) -> str:
     data = _payload_bytes(part)
     charset = _guard(part.get_content_charset, None)
     text = decode_bytes(data, charset).replace("\r\n", "\n").replace("\r", "\n")
-    if _guard(part.get_content_type, "") == "text/html":
+    if _content_type(part) == "text/html":
         return html_to_text(text)
     return text.strip()
 
@@ -458,11 +466,7 @@ def _part_text(part: Message) -> str:
 def _body_text(msg: Message) -> str:
     inline = [part for part in _leaves(msg) if not _is_attachment(part)]
     for wanted in ("text/plain", "text/html"):
-        texts = [
-            _part_text(part)
-            for part in inline
-            if _guard(part.get_content_type, "text/plain") == wanted
-        ]
+        texts = [_part_text(part) for part in inline if _content_type(part) == wanted]
         joined = "\n\n".join(t for t in texts if t)
         if joined:
             return joined

@@ -381,6 +381,13 @@ def test_broken_mime_degrades_gracefully() -> None:
     assert [a.mime_type for a in email.attachments] == ["application/pdf"]
 
 
+def test_multipart_without_boundary_keeps_its_text() -> None:
+    raw = b"Content-Type: multipart/mixed\r\n\r\nhello despite the broken header\r\n"
+    email = normalize(raw)
+    assert email.text == "hello despite the broken header"
+    assert email.attachments == ()
+
+
 def test_nul_bytes_are_removed() -> None:
     raw = raw_message("text/plain; charset=utf-8", b"a\x00b", headers="X-Junk: \x00\r\n")
     email = normalize(raw)
