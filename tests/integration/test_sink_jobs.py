@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from aiokafka import TopicPartition
 
+from devstack.postgres import PostgresServer
 from schemas import serde
 from sinks.base import SinkConfig
 from sinks.job_state import JobStateWriter
@@ -186,7 +187,7 @@ async def test_database_restart_mid_stream_loses_and_doubles_nothing(
     kafka_bootstrap: str,
     database_url: str,
     unique_name: Callable[..., str],
-    postgres_server: object,
+    postgres_server: PostgresServer,
 ) -> None:
     topic = unique_name("jobs")
     await create_topic(kafka_bootstrap, topic)
@@ -194,16 +195,15 @@ async def test_database_restart_mid_stream_loses_and_doubles_nothing(
     ends = await produce_events(kafka_bootstrap, topic, shuffled_with_duplicates(events, 0.1))
     config = _config(kafka_bootstrap, database_url, unique_name)
     config = SinkConfig(**{**config.__dict__, "max_batch_records": 500})
-    server = postgres_server
 
     async with running_sink(config, {topic: JobStateWriter()}) as running:
         await async_wait_until(lambda: count_rows(database_url, "jobs") > 0)
-        server.halt()  # type: ignore[attr-defined]
+        postgres_server.halt()
         await async_wait_until(
             lambda: running.value("inboxflow_sink_database_errors_total") > 0,
             message="sink notices the database is gone",
         )
-        server.start()  # type: ignore[attr-defined]
+        postgres_server.start()
         await async_wait_until(
             lambda: _caught_up(database_url, config, ends),
             timeout=60,
