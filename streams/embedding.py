@@ -313,7 +313,8 @@ class OpenAIEmbeddingProvider:
         """Embed ``texts`` in batches, in order.
 
         Raises:
-            PermanentError: An empty text (the API rejects them), a 4xx, a malformed answer.
+            PermanentError: An empty text (the API rejects them), a 4xx, a malformed answer,
+                an invalid URL.
             RateLimitedError: 429; ``retry_after`` from the header. The bucket is held as long.
             QuotaExceededError: 429 with ``insufficient_quota``.
             TransientError: 5xx, 408, connection failures.
@@ -342,6 +343,10 @@ class OpenAIEmbeddingProvider:
         except TimeoutError as exc:
             raise StageTimeoutError(
                 f"embedding request to {self._url} exceeded {self._timeout.total}s"
+            ) from exc
+        except aiohttp.InvalidURL as exc:
+            raise PermanentError(
+                f"invalid embedding API URL {self._url!r}. Operator action: fix the base URL."
             ) from exc
         except aiohttp.ClientError as exc:
             raise TransientError(f"embedding request to {self._url} failed: {exc!r}") from exc

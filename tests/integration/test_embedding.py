@@ -218,6 +218,12 @@ async def test_openai_provider_connection_refused_is_transient() -> None:
             await client.embed(["hello"])
 
 
+async def test_openai_provider_invalid_url_is_permanent() -> None:
+    async with OpenAIEmbeddingProvider(base_url="not a url", model="m", dimension=64) as client:
+        with pytest.raises(PermanentError, match="Operator action"):
+            await client.embed(["hello"])
+
+
 async def test_openai_provider_rejects_empty_text_before_calling(
     emulator: EmbeddingEmulator, provider: OpenAIEmbeddingProvider
 ) -> None:
