@@ -14,6 +14,7 @@ from streams.pipeline_cli import sync, worker
 from streams.run import run
 from streams.settings import Settings
 from topics.cli import topics
+from topics.dlq_cli import OPERATOR_COMMANDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,6 +24,9 @@ def cli(ctx: click.Context, verbose: int) -> None:
     """inboxflow: Gmail mailboxes as clean, replayable Kafka event streams."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if verbose == 0:
+        # aiokafka warns on every retry while a new topic's leader is being elected.
+        logging.getLogger("aiokafka").setLevel(logging.ERROR)
     ctx.obj = Settings()
 
 
@@ -51,12 +55,14 @@ cli.add_command(run)
 cli.add_command(worker)
 cli.add_command(sync)
 cli.add_command(topics)
+for _command in OPERATOR_COMMANDS:  # dlq, replay, lag (topics/dlq_cli.py)
+    cli.add_command(_command)
 cli.add_command(emulator)
 bench.add_command(gmail_bench)
+cli.add_command(sink)
+bench.add_command(sink_bench)
 
 
 def main() -> None:
-cli.add_command(sink)
-bench.add_command(sink_bench)
     """Console-script entry point."""
     cli()

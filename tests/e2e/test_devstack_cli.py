@@ -60,11 +60,20 @@ def test_dev_up_json_then_down_leaves_no_process(tmp_path: Path) -> None:
     assert not Path(state["postgres_dir"]).exists()
 
 
-def test_run_prints_a_successful_round_trip(tmp_path: Path) -> None:
-    result = inboxflow("run", env=cli_env(tmp_path))
-    assert result.returncode == 0, result.stderr
-    assert "Kafka round-trip OK" in result.stdout
-    assert "Postgres round-trip OK" in result.stdout
+def test_run_processes_every_message_and_prints_a_summary(tmp_path: Path) -> None:
+    result = inboxflow(
+        "run", "--users", "2", "--messages", "15", "--json", env=cli_env(tmp_path), timeout=400
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["complete"] is True
+    discovered = summary["records_per_stage"]["discovered"]
+    assert 0 < discovered <= summary["mailbox_messages"] == 30
+    for stage in ("fetched", "normalized", "embedded"):
+        assert summary["records_per_stage"][stage] == discovered
+    assert summary["jobs_by_status"] == {"done": 2 + 4 * discovered}
+    assert set(summary["dlq_records"].values()) == {0}
+    assert summary["gmail_units"] >= 20 * discovered  # messages.get costs 20 units (2026)
 
 
 def test_kill_9_of_the_owner_takes_the_stack_down(tmp_path: Path) -> None:
