@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from fastavro import schemaless_writer
 from prometheus_client import CollectorRegistry
@@ -192,6 +192,21 @@ async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30
     finally:
         await consumer.stop()
     return records
+
+
+async def kafka_committed(
+    bootstrap: str, group_id: str, topic: str, partitions: int
+) -> dict[int, int]:
+    """Return the offsets a group committed to Kafka per partition (partitions with one)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id)
+    await consumer.start()
+    try:
+        committed = {
+            p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)
+        }
+    finally:
+        await consumer.stop()
+    return {p: offset for p, offset in committed.items() if offset is not None}
 
 
 def stored_offsets(database_url: str, group_id: str, topic: str | None = None) -> dict[int, int]:

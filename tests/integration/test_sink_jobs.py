@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ from tests.integration.sink_support import (
     create_topic,
     expected_jobs,
     job_events,
+    kafka_committed,
     merge_ends,
     produce,
     produce_events,
@@ -98,19 +100,22 @@ async def test_hundred_thousand_events_converge_within_a_minute(
     print(f"100000 records in {elapsed:.1f}s ({100_000 / elapsed:.0f} records/s)")
 
 
-async def test_refused_row_goes_alone_to_the_dead_letter_topic(
+async def test_refused_rows_go_alone_to_the_dead_letter_topic(
     kafka_bootstrap: str, database_url: str, unique_name: Callable[..., str]
 ) -> None:
     topic = unique_name("jobs")
     await create_topic(kafka_bootstrap, topic, partitions=1)
     good = job_events(jobs=200, versions=1)
-    bad = good[57].model_copy(update={"job_id": "bad:job", "attempts": -1})  # CHECK fails
-    bad_value = serde.encode(bad)
+    refused_check = good[57].model_copy(update={"job_id": "bad:check", "attempts": -1})
+    refused_text = good[58].model_copy(update={"job_id": "bad:nul", "last_error": "nul \x00 byte"})
+    check_value, text_value = serde.encode(refused_check), serde.encode(refused_text)
     headers = [("trace-id", b"\x00\xffabc"), ("trace-id", b"second")]
     ends = merge_ends(
         await produce_events(kafka_bootstrap, topic, good[:100]),
-        await produce(kafka_bootstrap, topic, [(b"bad-key", bad_value)], headers=headers),
-        await produce_events(kafka_bootstrap, topic, good[100:]),
+        await produce(kafka_bootstrap, topic, [(b"bad-key", check_value)], headers=headers),
+        await produce_events(kafka_bootstrap, topic, good[100:150]),
+        await produce(kafka_bootstrap, topic, [(b"nul-key", text_value)]),
+        await produce_events(kafka_bootstrap, topic, good[150:]),
     )
     config = _config(kafka_bootstrap, database_url, unique_name)
     await create_topic(kafka_bootstrap, config.dlq_topic, partitions=1)
@@ -118,20 +123,22 @@ async def test_refused_row_goes_alone_to_the_dead_letter_topic(
     async with running_sink(config, {topic: JobStateWriter()}) as running:
         await async_wait_until(
             lambda: _caught_up(database_url, config, ends),
-            message="offset past the refused record",
+            message="offset past the refused records",
         )
-        assert running.value("inboxflow_sink_rejected_rows_total") == 1
+        assert running.value("inboxflow_sink_rejected_rows_total") == 2
 
     assert read_jobs(database_url) == expected_jobs(good)
-    [letter] = await read_topic(kafka_bootstrap, config.dlq_topic, 1)
-    assert (letter.key, letter.value) == (b"bad-key", bad_value)
-    assert list(letter.headers[:2]) == headers
-    context = dict(letter.headers[2:])
+    check_letter, text_letter = await read_topic(kafka_bootstrap, config.dlq_topic, 2)
+    assert (check_letter.key, check_letter.value) == (b"bad-key", check_value)
+    assert list(check_letter.headers[:2]) == headers
+    context = dict(check_letter.headers[2:])
     assert context["x-original-topic"] == topic.encode()
     assert context["x-original-offset"] == b"100"
     assert context["x-original-consumer-group"] == config.group_id.encode()
     assert context["x-exception-class"] == b"psycopg.errors.CheckViolation"
     assert context["x-stage"] == b"sink"
+    assert (text_letter.key, text_letter.value) == (b"nul-key", text_value)
+    assert dict(text_letter.headers)["x-original-offset"] == b"151"
 
 
 async def test_undecodable_record_is_dead_lettered_and_skipped(
@@ -179,6 +186,8 @@ async def test_restart_resumes_from_stored_offsets_without_rewriting(
         rows = running.value("inboxflow_sink_rows_total")
 
     assert rows == len(second)  # only the new records were read again
+    # Kafka gets the same offsets after each commit, for lag monitoring.
+    assert await kafka_committed(kafka_bootstrap, config.group_id, topic, 3) == ends
     assert read_jobs(database_url) == expected_jobs([*first, *second])
     assert count_rows(database_url, "jobs") == 300
 
@@ -194,16 +203,18 @@ async def test_database_restart_mid_stream_loses_and_doubles_nothing(
     events = job_events(jobs=3000, versions=3, seed=5)
     ends = await produce_events(kafka_bootstrap, topic, shuffled_with_duplicates(events, 0.1))
     config = _config(kafka_bootstrap, database_url, unique_name)
-    config = SinkConfig(**{**config.__dict__, "max_batch_records": 500})
+    config = dataclasses.replace(config, max_batch_records=500)
 
     async with running_sink(config, {topic: JobStateWriter()}) as running:
         await async_wait_until(lambda: count_rows(database_url, "jobs") > 0)
         postgres_server.halt()
-        await async_wait_until(
-            lambda: running.value("inboxflow_sink_database_errors_total") > 0,
-            message="sink notices the database is gone",
-        )
-        postgres_server.start()
+        try:
+            await async_wait_until(
+                lambda: running.value("inboxflow_sink_database_errors_total") > 0,
+                message="sink notices the database is gone",
+            )
+        finally:
+            postgres_server.start()
         await async_wait_until(
             lambda: _caught_up(database_url, config, ends),
             timeout=60,
