@@ -568,10 +568,12 @@ class UserInsights:
                 for thread_id, messages in data["threads"].items()
                 if messages
             }
+            # "subjects" and "first_at" arrived after the first states were stored: optional.
+            subjects = data.get("subjects") or {}
             state._subjects = {
-                thread_id: str(data["subjects"].get(thread_id, "")) for thread_id in state._threads
+                thread_id: str(subjects.get(thread_id, "")) for thread_id in state._threads
             }
-            first_at = data["first_at"]
+            first_at = data.get("first_at")
             state._first_at = None if first_at is None else int(first_at)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed insights state: {exc}") from exc
