@@ -106,6 +106,10 @@ class SinkConfig:
         backoff_initial: first wait after a database failure, seconds (doubled each time).
         backoff_max: cap of that wait; each wait is drawn uniformly below it (full jitter).
         idle_poll_seconds: longest single poll; bounds how late a stop request is seen.
+        group_instance_id: static group membership (e.g. the pod name): a restarted process
+            with the same id gets its partitions back at once, without a rebalance of the
+            group. Never give two running processes the same id.
+        client_id: client id sent to the broker, shown in its logs.
     """
 
     bootstrap_servers: str
@@ -117,6 +121,7 @@ class SinkConfig:
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
     idle_poll_seconds: float = 0.5
+    group_instance_id: str | None = None
     client_id: str = "inboxflow-sink"
 
 
@@ -178,6 +183,7 @@ class PostgresSink:
             bootstrap_servers=self._config.bootstrap_servers,
             group_id=self._config.group_id,
             client_id=self._config.client_id,
+            group_instance_id=self._config.group_instance_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )

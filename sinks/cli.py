@@ -37,6 +37,11 @@ def _common(function: Any) -> Any:
         click.option(
             "--metrics-port", default=None, type=int, help="Prometheus port (default: settings)."
         ),
+        click.option(
+            "--instance-id",
+            default=None,
+            help="Static group membership id (e.g. the pod name); unique per running process.",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -53,6 +58,7 @@ def _config(
         dlq_topic=options["dlq_topic"] or group.dlq.name,
         max_batch_records=options["batch_records"],
         max_batch_seconds=options["batch_ms"] / 1000,
+        group_instance_id=options["instance_id"],
         client_id=group_id or group.group_id,
     )
 

@@ -42,7 +42,9 @@ def sink_process(
     """Run ``inboxflow sink jobs``; stop it with SIGTERM at the end unless it was killed."""
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "DATABASE_URL": database_url}
     argv = [INBOXFLOW, "sink", "jobs", "--topic", topic, "--group", group, "--dlq", f"{topic}-dlq"]
-    argv += ["--batch-records", "700"]
+    # Static membership: the restarted process takes its partitions back without waiting for
+    # the killed member's session to expire.
+    argv += ["--batch-records", "700", "--instance-id", f"{group}-0"]
     with log_path.open("ab") as log:
         process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
     try:
