@@ -394,18 +394,18 @@ async def read_dlq(
 
 def redrive_headers(
     headers: Sequence[tuple[str, bytes]], *, retry_topic: str | None, replay_id: str, now_ms: int
-) -> tuple[tuple[str, bytes], ...]:
+) -> list[tuple[str, bytes]]:
     """Return a dead letter's headers for its redrive: all kept in order, due now. Pure.
 
     ``x-due-ts``, ``x-retry-topic`` and ``x-replay-id`` are replaced; ``x-attempts``, the
     original-* and error headers and the source record's own headers stay byte-identical.
     """
-    kept = tuple((k, v) for k, v in headers if k not in _REPLACED_ON_REDRIVE)
-    added = [(h.DUE_TIMESTAMP, h.encode_text(now_ms))]
+    kept = [(k, v) for k, v in headers if k not in _REPLACED_ON_REDRIVE]
+    kept.append((h.DUE_TIMESTAMP, h.encode_text(now_ms)))
     if retry_topic is not None:
-        added.append((h.RETRY_TOPIC, h.encode_text(retry_topic)))
-    added.append((h.REPLAY_ID, h.encode_text(replay_id)))
-    return kept + tuple(added)
+        kept.append((h.RETRY_TOPIC, h.encode_text(retry_topic)))
+    kept.append((h.REPLAY_ID, h.encode_text(replay_id)))
+    return kept
 
 
 def redrive_target(group: ConsumerGroup, letter: DeadLetter) -> tuple[str, bool]:
@@ -548,15 +548,14 @@ class _Redrive:
                 replay_id=self.report.replay_id,
                 now_ms=int(self.clock() * 1000),
             )
-            futures.append(
-                await self.producer.send(
-                    target,
-                    value=value,
-                    key=letter.key,
-                    partition=letter.partition,
-                    headers=list(headers),
+            try:
+                future = await self.producer.send(
+                    target, value=value, key=letter.key, partition=letter.partition, headers=headers
                 )
-            )
+            except KafkaError as exc:  # refused before sending, e.g. a record too large
+                future = asyncio.get_running_loop().create_future()
+                future.set_exception(exc)
+            futures.append(future)
         results = await asyncio.gather(*futures, return_exceptions=True)
         touched: set[TopicPartition] = set()
         for letter, result in zip(letters, results, strict=True):

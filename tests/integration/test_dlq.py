@@ -15,11 +15,14 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from click.testing import CliRunner
 
 from schemas.errors import RetryClass
 from streams.failures import Decision, Failure
-from streams.routing import forward_failed
+from streams.retry_relay import RetryRelay
+from streams.routing import attempts_so_far, forward_failed
 from streams.settings import Settings
 from streams.stage import Outgoing, Record
 from topics import headers as h
@@ -28,6 +31,7 @@ from topics.catalogue import Catalogue, ConsumerGroup, build_catalogue
 from topics.dlq import (
     PROGRESS_PREFIX,
     DeadLetter,
+    RedriveError,
     RedriveProgress,
     TokenBucket,
     list_dlqs,
@@ -361,6 +365,65 @@ async def test_redrive_without_tiers_returns_to_the_source_topic(
     assert h.header_value(copy.headers, h.REPLAY_ID) == report.replay_id
 
 
+async def test_retry_relay_runs_a_redriven_record_as_its_next_attempt(
+    kafka_bootstrap: str, unique_name: Callable[..., str]
+) -> None:
+    """The real consumer of the first tier picks the copy up at once, as attempt n + 1."""
+    catalogue = await _catalogue(kafka_bootstrap, unique_name("t"))
+    group = catalogue.normalize
+    [out] = await _put_dead_letters(kafka_bootstrap, group, [(1, RetryClass.TRANSIENT)])
+    await redrive(kafka_bootstrap, group, dry_run=False)
+    ran: list[Record] = []
+    stop = asyncio.Event()
+
+    class Recorder:  # stands in for the stage's StageRunner: records what the relay runs
+        async def run(self, records: Sequence[Record]) -> None:
+            ran.extend(records)
+            stop.set()
+
+    relay = RetryRelay(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group.retry_group_id,
+        tier_topics=[tier.topic.name for tier in group.retry_tiers],
+        runners={group.sources[0].name: Recorder()},  # type: ignore[dict-item]
+    )
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=60)
+    finally:
+        stop.set()
+        await task
+
+    [record] = ran
+    assert (record.key, record.value, record.partition) == (out.key, out.value, 1)
+    assert attempts_so_far(record) + 1 == 3  # failed twice before the DLQ; this is attempt 3
+
+
+async def test_refused_records_stay_pending_until_a_later_redrive(
+    kafka_bootstrap: str, unique_name: Callable[..., str]
+) -> None:
+    catalogue = await _catalogue(kafka_bootstrap, unique_name("t"))
+    group = catalogue.normalize
+    await _put_dead_letters(kafka_bootstrap, group, MIXED)
+    tier = group.retry_tiers[0].topic
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:  # a tier that refuses every record: the broker answers RecordTooLarge
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, tier.name, {"max.message.bytes": "64"})]
+        )
+    finally:
+        await admin.close()
+
+    with pytest.raises(RedriveError, match="5 record"):
+        await redrive(kafka_bootstrap, group, dry_run=False)
+    [summary] = [s for s in await list_dlqs(kafka_bootstrap, catalogue) if s.agent == "normalize"]
+    assert summary.pending == 5
+
+    await ensure_topics(kafka_bootstrap, [tier])  # back to the catalogue's configs
+    assert (await redrive(kafka_bootstrap, group, dry_run=False)).moved == 5
+
+
 # --- purge ------------------------------------------------------------------------------------
 
 
@@ -506,13 +569,13 @@ def test_progress_refuses_metadata_past_the_broker_limit() -> None:
 def test_redrive_headers_replace_only_due_topic_and_replay_id() -> None:
     headers = (("trace", b"t"), (h.ATTEMPTS, b"3"), (h.DUE_TIMESTAMP, b"1"), (h.REPLAY_ID, b"old"))
     out = redrive_headers(headers, retry_topic="ns.normalize.retry.5s", replay_id="r", now_ms=9)
-    assert out == (
+    assert out == [
         ("trace", b"t"),
         (h.ATTEMPTS, b"3"),
         (h.DUE_TIMESTAMP, b"9"),
         (h.RETRY_TOPIC, b"ns.normalize.retry.5s"),
         (h.REPLAY_ID, b"r"),
-    )
+    ]
 
 
 def test_redrive_target_is_the_first_tier_or_the_original_source() -> None:
