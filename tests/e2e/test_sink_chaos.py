@@ -22,11 +22,14 @@ from tests.integration.sink_support import (
     caught_up,
     count_rows,
     create_topic,
+    expected_contacts,
     expected_jobs,
     job_events,
     produce_events,
+    read_contacts,
     read_jobs,
     shuffled_with_duplicates,
+    sightings,
     stored_offsets,
 )
 
@@ -37,11 +40,17 @@ INBOXFLOW = str(Path(sys.executable).parent / "inboxflow")
 
 @contextmanager
 def sink_process(
-    kafka_bootstrap: str, database_url: str, topic: str, group: str, log_path: Path
+    kafka_bootstrap: str,
+    database_url: str,
+    topic: str,
+    group: str,
+    log_path: Path,
+    command: str = "jobs",
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``inboxflow sink jobs``; stop it with SIGTERM at the end unless it was killed."""
+    """Run ``inboxflow sink <command>``; stop it with SIGTERM at the end unless it was killed."""
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "DATABASE_URL": database_url}
-    argv = [INBOXFLOW, "sink", "jobs", "--topic", topic, "--group", group, "--dlq", f"{topic}-dlq"]
+    argv = [INBOXFLOW, "sink", command, "--topic", topic, "--group", group]
+    argv += ["--dlq", f"{topic}-dlq"]
     # Static membership: the restarted process takes its partitions back without waiting for
     # the killed member's session to expire.
     argv += ["--batch-records", "700", "--instance-id", f"{group}-0"]
@@ -119,3 +128,33 @@ async def test_postgres_restart_mid_stream_is_ridden_out(
         )
 
     assert read_jobs(database_url) == expected_jobs(events)
+
+
+async def test_kill_9_of_the_contacts_sink_never_counts_a_sighting_twice(
+    kafka_bootstrap: str, database_url: str, unique_name: Callable[..., str], tmp_path: Path
+) -> None:
+    topic, group = unique_name("contacts"), unique_name("g")
+    await create_topic(kafka_bootstrap, topic)
+    events = sightings(30_000, seed=23)
+    ends = await produce_events(kafka_bootstrap, topic, shuffled_with_duplicates(events, 0.25))
+    log_path = tmp_path / "sink.log"
+
+    for _ in range(3):
+        before = _progress(database_url, group)
+        with sink_process(
+            kafka_bootstrap, database_url, topic, group, log_path, "contacts"
+        ) as process:
+            wait_until(
+                lambda before=before: _progress(database_url, group) > before,  # type: ignore[misc]
+                timeout=60,
+                interval=0.01,
+                message="the sink commits a batch",
+            )
+            process.kill()
+            process.wait(timeout=10)
+        assert not caught_up(database_url, group, ends), "killed too late to test anything"
+
+    with sink_process(kafka_bootstrap, database_url, topic, group, log_path, "contacts"):
+        wait_until(lambda: caught_up(database_url, group, ends), timeout=90, interval=0.2)
+
+    assert read_contacts(database_url) == expected_contacts(events)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from fastavro import schemaless_writer
 from prometheus_client import CollectorRegistry
 
 from schemas import serde
-from schemas.models import Event, JobKind, JobStateChanged, JobStatus
+from schemas.models import ContactExtracted, ContactRole, Event, JobKind, JobStateChanged, JobStatus
 from schemas.store import default_store
 from sinks.base import PostgresSink, RowWriter, SinkConfig
 from sinks.metrics import SinkMetrics
@@ -83,6 +84,63 @@ def expected_jobs(events: Iterable[JobStateChanged]) -> dict[str, tuple[Any, ...
         )
         for job_id, event in latest.items()
     }
+
+
+ROLES = [ContactRole.FROM, ContactRole.TO, ContactRole.CC, ContactRole.BCC, ContactRole.REPLY_TO]
+
+
+def sightings(count: int, seed: int = 4) -> list[ContactExtracted]:
+    """Return distinct (address, role, message) sightings over a few users and addresses."""
+    rng = random.Random(seed)
+    events = []
+    for number in range(count):
+        user = f"user-{number % 3}"
+        address = f"person{rng.randrange(40)}@example.com"
+        events.append(
+            ContactExtracted(
+                user_id=user,
+                address=address,
+                display_name=rng.choice([None, f"Name {rng.randrange(3)}"]),
+                role=ROLES[number % len(ROLES)],
+                message_id=f"m{number}",
+                thread_id=f"t{number // 3}",
+                occurred_at=EPOCH + timedelta(minutes=rng.randrange(100_000)),
+            )
+        )
+    return events
+
+
+def expected_contacts(events: list[ContactExtracted]) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """Return the contacts rows a set of distinct sightings must leave."""
+    by_contact: dict[tuple[str, str], list[ContactExtracted]] = {}
+    for event in events:
+        by_contact.setdefault((event.user_id, event.address), []).append(event)
+    expected = {}
+    for key, group in by_contact.items():
+        named = [e for e in group if e.display_name is not None]
+        name = (
+            max(named, key=lambda e: (e.occurred_at, e.display_name)).display_name
+            if named
+            else None
+        )
+        roles = Counter(str(e.role) for e in group)
+        expected[key] = (
+            name,
+            min(e.occurred_at for e in group),
+            max(e.occurred_at for e in group),
+            *(roles[str(role)] for role in ROLES),
+        )
+    return expected
+
+
+def read_contacts(database_url: str) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """Return the contacts table in the shape of ``expected_contacts``."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT user_id, address, display_name, first_seen_at, last_seen_at, from_count,"
+            " to_count, cc_count, bcc_count, reply_to_count FROM contacts"
+        ).fetchall()
+    return {(row[0], row[1]): tuple(row[2:]) for row in rows}
 
 
 def read_jobs(database_url: str) -> dict[str, tuple[Any, ...]]:
