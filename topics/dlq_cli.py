@@ -111,7 +111,9 @@ def list_command(as_json: bool) -> None:
 
 @dlq.command()
 @_group_argument
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--limit", default=20, show_default=True, type=click.IntRange(min=1), help="Most records."
+)
 @click.option("--partition", type=click.IntRange(min=0), help="Only this partition.")
 @click.option("--offset", type=click.IntRange(min=0), help="Start here (needs --partition).")
 @_json_option
@@ -149,7 +151,13 @@ def show(group: str, limit: int, partition: int | None, offset: int | None, as_j
 @dlq.command("redrive")
 @_group_argument
 @_execute_option
-@click.option("--rate", default=50.0, show_default=True, type=click.FloatRange(min=0.1))
+@click.option(
+    "--rate",
+    default=50.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Most records sent per second.",
+)
 @click.option(
     "--error-class",
     type=click.Choice([c.value for c in RetryClass]),
@@ -260,7 +268,8 @@ def replay_command(
         _echo_json(plan.to_dict())
         return
     for move in plan.moves:
-        click.echo(f"{move.topic}[{move.partition}] {move.current} -> {move.target}")
+        current = "(never committed)" if move.current is None else move.current
+        click.echo(f"{move.topic}[{move.partition}] {current} -> {move.target}")
     verb = "rewound" if execute else "would rewind"
     click.echo(
         f"{verb} {plan.group_id} ({plan.group_state}): "
