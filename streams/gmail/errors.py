@@ -1,0 +1,136 @@
+"""The one classifier: every Gmail response or exception -> a retry class and the wait it implies.
+
+``classify`` is pure (it takes ``now``) and table-tested; ``to_error`` wraps a classified failure in
+the ``schemas.errors`` class that carries the same retry class. 404 is classified PERMANENT here;
+callers that know better (a deleted message, a stale history id) handle it before raising.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+import ssl
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httplib2
+from googleapiclient.errors import HttpError
+
+from schemas.errors import (
+    InboxflowError,
+    PermanentError,
+    QuotaExceededError,
+    RateLimitedError,
+    RetryClass,
+    StageTimeoutError,
+    TransientError,
+)
+
+_RATE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded"}
+_QUOTA_REASONS = {"dailyLimitExceeded", "quotaExceeded"}
+_RETRY_AFTER_TEXT = re.compile(r"Retry after (\d{4}-\d\d-\d\dT[0-9:.]+(?:Z|[+-]\d\d:?\d\d)?)")
+DAILY_QUOTA_RECHECK_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class GmailFailure:
+    """A classified failure.
+
+    Attributes:
+        retry_class: what to do with it.
+        wait: seconds the remote asked us to wait (parsed), ``None`` when it did not say.
+        status: HTTP status, 0 for transport errors.
+        reason: Google's ``errors[0].reason`` or the exception type.
+        message: Google's ``error.message`` or the exception text.
+        concurrency: the per-user concurrent-request limit was hit (lower concurrency).
+    """
+
+    retry_class: RetryClass
+    wait: float | None
+    status: int
+    reason: str
+    message: str
+    concurrency: bool = False
+
+
+def _error_body(content: bytes | str | None) -> tuple[str, str]:
+    try:
+        body: Any = json.loads(content or b"{}")
+        error = body.get("error", {})
+        reason = (error.get("errors") or [{}])[0].get("reason", "") or error.get("status", "")
+        return str(reason), str(error.get("message", ""))
+    except (ValueError, AttributeError, TypeError):
+        return "", content.decode("utf-8", "replace")[:200] if isinstance(content, bytes) else ""
+
+
+def parse_retry_wait(message: str, retry_after_header: str | None, now: datetime) -> float | None:
+    """Seconds to wait from "Retry after <ISO time>" text or an HTTP ``Retry-After`` header."""
+    waits = []
+    match = _RETRY_AFTER_TEXT.search(message)
+    if match:
+        stamp = datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
+        waits.append((stamp.replace(tzinfo=stamp.tzinfo or UTC) - now).total_seconds())
+    if retry_after_header:
+        value = retry_after_header.strip()
+        if value.isdigit():
+            waits.append(float(value))
+        else:
+            with contextlib.suppress(TypeError, ValueError):
+                waits.append((parsedate_to_datetime(value) - now).total_seconds())
+    return max(0.0, *waits) if waits else None
+
+
+def classify_response(
+    status: int, content: bytes | str | None, headers: dict[str, str] | None, now: datetime
+) -> GmailFailure:
+    """Classify an HTTP error response (status >= 400)."""
+    reason, message = _error_body(content)
+    header = {k.lower(): v for k, v in (headers or {}).items()}.get("retry-after")
+    wait = parse_retry_wait(message, header, now)
+    concurrent = "concurrent" in message.lower()
+    if status == 429 or (status == 403 and reason in _RATE_REASONS):
+        return GmailFailure(RetryClass.RATE_LIMIT, wait, status, reason, message, concurrent)
+    if status == 403 and reason in _QUOTA_REASONS:
+        return GmailFailure(
+            RetryClass.QUOTA, wait or DAILY_QUOTA_RECHECK_SECONDS, status, reason, message
+        )
+    if status >= 500 or status == 408:
+        return GmailFailure(RetryClass.TRANSIENT, wait, status, reason, message)
+    if status == 400 and reason == "failedPrecondition":
+        # Usually a mailbox Gmail does not serve, sometimes a blip that passes on retry.
+        return GmailFailure(RetryClass.TRANSIENT, wait, status, reason, message)
+    return GmailFailure(RetryClass.PERMANENT, None, status, reason, message)
+
+
+def classify(exc: BaseException, now: datetime | None = None) -> GmailFailure:
+    """Classify an exception raised by google-api-python-client or the transport under it."""
+    now = now or datetime.now(UTC)
+    if isinstance(exc, HttpError):
+        headers = {str(k): str(v) for k, v in dict(exc.resp).items()}
+        return classify_response(int(exc.resp.status), exc.content, headers, now)
+    name = type(exc).__name__
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return GmailFailure(RetryClass.TIMEOUT, None, 0, name, str(exc))
+    if isinstance(exc, ConnectionError | ssl.SSLError | httplib2.HttpLib2Error | OSError):
+        return GmailFailure(RetryClass.TRANSIENT, None, 0, name, str(exc))
+    return GmailFailure(RetryClass.PERMANENT, None, 0, name, str(exc))
+
+
+_ERROR_CLASSES: dict[RetryClass, type[InboxflowError]] = {
+    RetryClass.TRANSIENT: TransientError,
+    RetryClass.RATE_LIMIT: RateLimitedError,
+    RetryClass.QUOTA: QuotaExceededError,
+    RetryClass.TIMEOUT: StageTimeoutError,
+    RetryClass.PERMANENT: PermanentError,
+}
+
+
+def to_error(failure: GmailFailure, context: str) -> InboxflowError:
+    """The ``schemas.errors`` exception for ``failure`` (raise it ``from`` the original)."""
+    cls = _ERROR_CLASSES[failure.retry_class]
+    text = f"gmail {context}: {failure.status} {failure.reason}: {failure.message}"
+    return cls(text, retry_after=failure.wait)
