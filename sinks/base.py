@@ -301,13 +301,16 @@ class PostgresSink:
         async with conn.transaction():
             stored = await load_offsets(conn, self._config.group_id, pending)
         for tp in pending:
-            if tp not in consumer.assignment():  # revoked while we read
-                continue
             offset = stored[tp]
-            if offset == FROM_BEGINNING:
-                await consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, offset)
+            try:
+                if offset == FROM_BEGINNING:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, offset)
+            except IllegalStateError:
+                continue  # revoked meanwhile
+            if tp not in self._unpositioned or tp not in consumer.assignment():
+                continue  # revoked during the awaits above (a stale read is fenced by the CAS)
             self._stored[tp] = offset
             self._next[tp] = max(offset, 0)
             self._buffer.pop(tp, None)

@@ -242,3 +242,32 @@ async def test_stale_owner_cannot_move_offsets(database_url: str) -> None:
                 await _zombie_batch(zombie, tp)
     assert count_rows(database_url, "sink_offsets") == 1  # the zombie's insert rolled back
     assert stored_offsets(database_url, "g") == {0: 10}
+
+
+async def test_sink_started_while_the_database_is_down_waits_and_catches_up(
+    kafka_bootstrap: str,
+    database_url: str,
+    unique_name: Callable[..., str],
+    postgres_server: PostgresServer,
+) -> None:
+    topic = unique_name("jobs")
+    await create_topic(kafka_bootstrap, topic)
+    events = job_events(jobs=500, versions=2, seed=8)
+    ends = await produce_events(kafka_bootstrap, topic, events)
+    config = _config(kafka_bootstrap, database_url, unique_name)
+
+    postgres_server.halt()
+    try:
+        async with running_sink(config, {topic: JobStateWriter()}) as running:
+            await async_wait_until(
+                lambda: running.value("inboxflow_sink_database_errors_total") >= 3,
+                message="the sink keeps retrying the connection",
+            )
+            assert running.value("inboxflow_sink_rows_total") == 0
+            postgres_server.start()
+            await async_wait_until(lambda: _caught_up(database_url, config, ends), timeout=60)
+    finally:
+        if not postgres_server.pid:
+            postgres_server.start()
+
+    assert read_jobs(database_url) == expected_jobs(events)
