@@ -6,12 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import ConsumerRecord
+from prometheus_client import CollectorRegistry
 
 from schemas.models import EmailNormalized, JobKind, JobStateChanged, JobStatus
 from sinks.base import Decoded, backoff_delay, dead_letter_headers
 from sinks.bench import SinkBenchResult, bench_events
 from sinks.contacts import latest_emails
 from sinks.job_state import latest_job_states
+from sinks.metrics import SinkMetrics
 from topics import headers as topic_headers
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -120,3 +122,12 @@ def test_bench_result_ratio_and_events() -> None:
     events = bench_events("bench-x", 100)
     assert len(events) == 100
     assert len({e.job_id for e in events}) < 100  # repeats and several versions per job
+
+
+def test_two_sinks_share_one_registry_under_their_own_labels() -> None:
+    registry = CollectorRegistry()
+    jobs, contacts = SinkMetrics("jobs", registry), SinkMetrics("contacts", registry)
+    jobs.rows.inc(3)
+    contacts.rows.inc(1)
+    assert registry.get_sample_value("inboxflow_sink_rows_total", {"sink": "jobs"}) == 3
+    assert registry.get_sample_value("inboxflow_sink_rows_total", {"sink": "contacts"}) == 1
