@@ -104,7 +104,7 @@ class SinkConfig:
         max_batch_records: flush when this many records are buffered.
         max_batch_seconds: flush this long after the first buffered record at the latest.
         backoff_initial: first wait after a database failure, seconds (doubled each time).
-        backoff_max: cap of that wait; each wait is drawn uniformly below it (full jitter).
+        backoff_max: cap of that wait; each wait is drawn from its upper half (jitter).
         idle_poll_seconds: longest single poll; bounds how late a stop request is seen.
         group_instance_id: static group membership (e.g. the pod name): a restarted process
             with the same id gets its partitions back at once, without a rebalance of the
@@ -126,7 +126,10 @@ class SinkConfig:
 
 
 def backoff_delay(attempt: int, initial: float, cap: float) -> float:
-    """Return a full-jitter delay for the given 0-based attempt: uniform in [0, min(cap, i*2^n)]."""
+    """Return the wait before retry ``attempt`` (0-based): uniform in [c/2, c], c = min(cap, i*2^n).
+
+    Half-jittered: spread enough that restarted sinks do not reconnect in step, never near zero.
+    """
     ceiling = min(cap, initial * 2 ** min(attempt, 30))
     return secrets.SystemRandom().uniform(ceiling / 2, ceiling)
 
@@ -247,8 +250,14 @@ class PostgresSink:
             self._pause_all()
             await self._back_off()
         except KafkaError as exc:
-            # Dead letters could not be delivered: the transaction rolled back; retry later.
-            log.warning("kafka unavailable group=%s error=%r", self._config.group_id, exc)
+            # Dead letters could not be delivered (broker down, DLQ topic missing): the batch's
+            # transaction rolled back and is retried; nothing skips its dead letter.
+            log.warning(
+                "dead letters not delivered, batch retried group=%s dlq=%s error=%r",
+                self._config.group_id,
+                self._config.dlq_topic,
+                exc,
+            )
             await self._back_off()
 
     async def _connection(self) -> Connection:
