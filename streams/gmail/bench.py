@@ -61,6 +61,8 @@ async def run_bench(
         "elapsed_seconds": round(elapsed, 3),
         "units": ours.units,
         "quota_efficiency": round(steady / ceiling, 4),
+        # Efficiency means something only when the run outlasts the free initial burst.
+        "quota_bound": ours.units >= 3 * quota.user_budget,
         "throttled_rate": round(ours.throttled_total / max(1, ours.requests), 4),
         "early_requests": ours.early_requests,
         "messages_per_unit": round(len(outcomes) / max(1, ours.units), 5),
@@ -71,7 +73,7 @@ async def run_bench(
 
 
 @click.command("gmail")
-@click.option("--messages", default=2000, show_default=True)
+@click.option("--messages", default=3000, show_default=True)
 @click.option("--seed", default=7, show_default=True)
 @click.option("--quota", "table", type=click.Choice(["2026", "legacy"]), default="2026")
 @click.option("--scale", default=30.0, show_default=True, help="Quota time compression.")
@@ -93,8 +95,9 @@ def gmail(
         click.echo(json.dumps(figures, indent=2))
         return
     click.echo(f"mailbox {figures['messages']} messages, need={need}, quota={table}, scale={scale}")
+    note = "" if figures["quota_bound"] else " (run fits in the burst: raise --messages)"
     click.echo(
-        f"quota efficiency      {figures['quota_efficiency']:.1%} of "
+        f"quota efficiency      {figures['quota_efficiency']:.1%}{note} of "
         f"{figures['ceiling_units_per_second']:.0f} units/s (steady state)"
     )
     click.echo(f"throttled responses   {figures['throttled_rate']:.2%}")

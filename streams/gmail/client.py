@@ -172,10 +172,14 @@ def _to_fetched(resource: Json, raw: bytes | None, exact: bool) -> FetchedMessag
 
 @dataclass
 class _Round:
-    """Outcome of one batch: calls to retry and whether a transient failure asks for backoff."""
+    """Outcome of one batch: new calls it made necessary, and calls that failed retryably."""
 
-    retry: list[PlannedCall] = field(default_factory=list)
-    transient: GmailFailure | None = None
+    follow_ups: list[PlannedCall] = field(default_factory=list)
+    failed: list[tuple[PlannedCall, GmailFailure]] = field(default_factory=list)
+
+
+_RETRYABLE = (RetryClass.RATE_LIMIT, RetryClass.TRANSIENT, RetryClass.TIMEOUT)
+_MISSING_PART = GmailFailure(RetryClass.TRANSIENT, None, 0, "missingPart", "no response part")
 
 
 class GmailClient:
@@ -287,12 +291,7 @@ class GmailClient:
         self, limiter: QuotaLimiter, failure: GmailFailure, attempt: int, what: str
     ) -> None:
         """Apply a retryable failure (block or back off) or raise the classified error."""
-        retryable = failure.retry_class in (
-            RetryClass.RATE_LIMIT,
-            RetryClass.TRANSIENT,
-            RetryClass.TIMEOUT,
-        )
-        if not retryable or attempt >= self.config.max_attempts:
+        if failure.retry_class not in _RETRYABLE or attempt >= self.config.max_attempts:
             raise to_error(failure, what)
         self.stats.retried += 1
         if failure.retry_class is RetryClass.RATE_LIMIT:
@@ -304,8 +303,18 @@ class GmailClient:
         log.info("gmail retry call=%s status=%s wait=%.2f", what, failure.status, delay)
         await asyncio.sleep(delay)
 
-    async def _call(self, user: str, method: str, build: Callable[[Any], Any]) -> Json:
-        """One call with limiter, classification and retries. 404 raises ``PermanentError``."""
+    async def _call(
+        self,
+        user: str,
+        method: str,
+        build: Callable[[Any], Any],
+        *,
+        not_found: Callable[[], InboxflowError] | None = None,
+    ) -> Json:
+        """One call with limiter, classification and retries.
+
+        A 404 raises ``not_found()`` when given, else ``PermanentError``.
+        """
         limiter = self.limiter(user)
         cost = self.costs.cost(method)
         attempt = 0
@@ -316,9 +325,11 @@ class GmailClient:
             self.stats.calls[method] += 1
             try:
                 result: Json = await self._in_pool(self._execute_one, user, build)
-            except Exception as exc:  # noqa: BLE001 - every failure is classified
+            except Exception as exc:
                 failure = classify(exc)
                 limiter.release()
+                if failure.status == 404 and not_found is not None:
+                    raise not_found() from exc
                 try:
                     await self._settle(limiter, failure, attempt, method)
                 except InboxflowError as error:
@@ -390,6 +401,12 @@ class GmailClient:
         changed: dict[str, None] = {}
         token: str | None = None
         types = list(history_types)
+
+        def stale() -> InboxflowError:
+            return StaleHistoryError(
+                f"history {start_history_id} of {user} has expired: full resync needed"
+            )
+
         while True:
 
             def build(u: Any, token: str | None = token) -> Any:
@@ -401,14 +418,7 @@ class GmailClient:
                     pageToken=token,
                 )
 
-            try:
-                body = await self._call(user, "users.history.list", build)
-            except InboxflowError as exc:
-                if " 404 " in str(exc):
-                    raise StaleHistoryError(
-                        f"history {start_history_id} of {user} has expired: full resync needed"
-                    ) from exc
-                raise
+            body = await self._call(user, "users.history.list", build, not_found=stale)
             for record in body.get("history", []):
                 for item in record.get("messagesAdded", []):
                     msg = item["message"]
@@ -442,22 +452,26 @@ class GmailClient:
         outcomes: dict[str, FetchOutcome] = {}
         pending = plan_fetch(wanted, need, self.costs)
         limiter = self.limiter(user)
-        attempt = 0
+        attempts: Counter[PlannedCall] = Counter()
         while pending:
-            attempt += 1
             parts = max(1, min(self.config.batch_size, limiter.concurrency))
             batches = chunk_calls(pending, self.costs, parts, limiter.capacity)
             rounds = await asyncio.gather(
                 *(self._run_batch(user, b, need, outcomes) for b in batches)
             )
-            pending = [call for r in rounds for call in r.retry]
-            transient = next((r.transient for r in rounds if r.transient), None)
-            if transient is not None and pending:
-                await self._settle(limiter, transient, attempt, "users.messages.get")
-            elif pending and attempt >= self.config.max_attempts:
-                raise InboxflowError(
-                    f"gmail fetch for {user}: {len(pending)} calls never succeeded"
-                )
+            pending = [call for r in rounds for call in r.follow_ups]
+            worst_transient = 0
+            for call, failure in (item for r in rounds for item in r.failed):
+                attempts[call] += 1
+                if attempts[call] >= self.config.max_attempts:
+                    raise to_error(failure, f"{call.method} {call.id} for {user}")
+                if failure.retry_class is not RetryClass.RATE_LIMIT:
+                    worst_transient = max(worst_transient, attempts[call])
+                pending.append(call)
+            if worst_transient:
+                # Throttles are already enforced by the limiter; 5xx and timeouts back off here.
+                self.stats.retried += 1
+                await asyncio.sleep(limiter.backoff(worst_transient))
         return outcomes
 
     async def _run_batch(
@@ -467,6 +481,10 @@ class GmailClient:
         need: FetchNeed,
         outcomes: dict[str, FetchOutcome],
     ) -> _Round:
+        """Send one batch; record outcomes; return follow-ups and retryable failures.
+
+        Raises the classified error at once for QUOTA and PERMANENT failures.
+        """
         limiter = self.limiter(user)
         units = sum(self.costs.cost(c.method) for c in calls)
         await limiter.acquire(units, len(calls))
@@ -478,41 +496,33 @@ class GmailClient:
         try:
             results = await self._in_pool(self._execute_batch, user, calls)
         except Exception as exc:
-            failure = classify(exc)
             limiter.release(len(calls))
-            if failure.retry_class is RetryClass.RATE_LIMIT:
-                await self._settle(limiter, failure, 1, "batch")
-            elif failure.retry_class in (RetryClass.TRANSIENT, RetryClass.TIMEOUT):
-                outcome.transient = failure
-            else:
+            failure = classify(exc)
+            if failure.retry_class not in _RETRYABLE:
                 raise to_error(failure, "batch") from exc
-            outcome.retry = calls
+            if failure.retry_class is RetryClass.RATE_LIMIT:
+                self.stats.throttled += 1
+                limiter.on_throttle(failure.wait, concurrency=failure.concurrency)
+            outcome.failed = [(call, failure) for call in calls]
             return outcome
         limiter.release(len(calls))
         throttle: GmailFailure | None = None
         for index, call in enumerate(calls):
             response, part_exc = results.get(str(index), (None, None))
             if part_exc is None and response is not None:
-                outcome.retry.extend(self._accept(call, response, need, outcomes))
+                outcome.follow_ups.extend(self._accept(call, response, need, outcomes))
                 continue
-            if part_exc is None:  # no answer for this part: treat as a transient loss
-                outcome.retry.append(call)
-                continue
-            failure = classify(part_exc)
-            if failure.retry_class in (RetryClass.TRANSIENT, RetryClass.TIMEOUT):
-                outcome.transient = failure
-                outcome.retry.append(call)
-            elif failure.status == 404:
-                outcome.retry.extend(self._gone(call, need, outcomes))
-            elif failure.retry_class is RetryClass.RATE_LIMIT:
-                throttle = (
-                    failure
-                    if throttle is None or (failure.wait or 0) > (throttle.wait or 0)
-                    else throttle
-                )
-                outcome.retry.append(call)
-            else:
+            failure = classify(part_exc) if part_exc is not None else _MISSING_PART
+            if failure.status == 404:
+                outcome.follow_ups.extend(self._gone(call, need, outcomes))
+            elif failure.retry_class not in _RETRYABLE:
                 raise to_error(failure, call.method) from part_exc
+            else:
+                outcome.failed.append((call, failure))
+                if failure.retry_class is RetryClass.RATE_LIMIT and (
+                    throttle is None or (failure.wait or 0) > (throttle.wait or 0)
+                ):
+                    throttle = failure
         if throttle is not None:
             self.stats.throttled += 1
             limiter.on_throttle(throttle.wait, concurrency=throttle.concurrency)

@@ -12,6 +12,7 @@ from googleapiclient.discovery import build_from_document
 from googleapiclient.errors import HttpError
 
 from devstack.gmail_emulator import FaultConfig, QuotaConfig
+from schemas.errors import TransientError
 from streams.gmail.client import FetchNeed, GmailClient, GmailClientConfig, MessageGone
 from tests.integration.conftest import EmulatorFactory
 
@@ -80,3 +81,19 @@ async def test_client_retries_failed_parts_and_reports_deleted(
     gone = {i for i, o in outcomes.items() if isinstance(o, MessageGone)}
     assert gone
     assert gone == {r.id for r in refs} - set(emu.message_ids(USER))
+
+
+async def test_retries_run_out_with_the_classified_error(
+    gmail_emulator_factory: EmulatorFactory,
+) -> None:
+    emu = gmail_emulator_factory()
+    emu.add_user(USER, messages=3, seed=3)
+    ids = emu.message_ids(USER)
+    emu.set_faults(FaultConfig(rate_500=1.0))
+    client = GmailClient(GmailClientConfig(api_root=emu.url, max_attempts=3))
+    try:
+        with pytest.raises(TransientError, match="500 backendError"):
+            await client.fetch_messages(USER, ids, need=FetchNeed.RAW)
+    finally:
+        client.close()
+    assert emu.accounting.statuses[500] == 3 * 3  # three parts, three tries each

@@ -91,3 +91,12 @@ async def test_deleted_message_is_a_clean_outcome(
     assert len(fetched) == 9
     box = gmail_emulator.mailbox(USER)
     assert all(o.raw == box.messages[o.id].raw and o.raw_exact for o in fetched)
+
+
+async def test_long_query_goes_as_post_with_method_override(
+    gmail_emulator: GmailEmulator, client: GmailClient
+) -> None:
+    gmail_emulator.add_user(USER, messages=30, seed=6)
+    query = " ".join(["after:2000/01/01"] * 200)  # > 2048-character URI
+    refs = await client.list_all_message_ids(USER, query=query, include_spam_trash=True)
+    assert len(refs) == 30
