@@ -36,6 +36,12 @@ def emulator() -> None:
 @click.option("--rate-500", default=0.0, show_default=True)
 @click.option("--rate-503", default=0.0, show_default=True)
 @click.option("--latency-ms", default=0.0, show_default=True)
+@click.option(
+    "--vanish-rate", default=0.0, show_default=True, help="messages.get finds it deleted."
+)
+@click.option(
+    "--history-retention", default=100_000, show_default=True, help="History records kept."
+)
 def gmail(
     host: str,
     port: int,
@@ -50,6 +56,8 @@ def gmail(
     rate_500: float,
     rate_503: float,
     latency_ms: float,
+    vanish_rate: float,
+    history_retention: int,
 ) -> None:
     """Serve the Gmail API; the first user is also ``me``. Ctrl-C stops."""
     quota = QuotaConfig(
@@ -59,9 +67,16 @@ def gmail(
         user_concurrency=concurrency,
     )
     faults = FaultConfig(
-        rate_429=rate_429, rate_500=rate_500, rate_503=rate_503, latency_ms=latency_ms, seed=seed
+        rate_429=rate_429,
+        rate_500=rate_500,
+        rate_503=rate_503,
+        latency_ms=latency_ms,
+        vanish_rate=vanish_rate,
+        seed=seed,
     )
-    emu = GmailEmulator(quota=quota, faults=faults, host=host, port=port)
+    emu = GmailEmulator(
+        quota=quota, faults=faults, host=host, port=port, history_retention=history_retention
+    )
     for index, user in enumerate(u.strip() for u in users.split(",") if u.strip()):
         emu.add_user(user, messages=messages, seed=seed + index)
 

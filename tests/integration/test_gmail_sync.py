@@ -100,3 +100,18 @@ async def test_long_query_goes_as_post_with_method_override(
     query = " ".join(["after:2000/01/01"] * 200)  # > 2048-character URI
     refs = await client.list_all_message_ids(USER, query=query, include_spam_trash=True)
     assert len(refs) == 30
+
+
+async def test_headers_need_uses_metadata(
+    gmail_emulator: GmailEmulator, client: GmailClient
+) -> None:
+    gmail_emulator.add_user(USER, messages=40, seed=7)
+    refs = await client.list_all_message_ids(USER, include_spam_trash=True)
+    outcomes = await client.fetch_messages(USER, refs, need=FetchNeed.HEADERS)
+    assert len(outcomes) == 40
+    for outcome in outcomes.values():
+        assert not isinstance(outcome, MessageGone)
+        assert outcome.raw is None
+        names = {name for name, _ in outcome.headers}
+        assert {"From", "Date", "Message-ID"} <= names
+        assert names <= {"From", "To", "Cc", "Bcc", "Reply-To", "Date", "Subject", "Message-ID"}

@@ -71,3 +71,21 @@ async def test_client_slower_than_believed_ceiling_obeys_google(
     assert len(outcomes) == 80
     assert seen.throttled.get("user", 0) >= 1
     assert seen.early_requests == 0
+
+
+async def test_concurrency_adapts_down_to_the_users_limit(
+    gmail_emulator_factory: EmulatorFactory,
+) -> None:
+    quota = QuotaConfig(user_concurrency=10)
+    emu = gmail_emulator_factory(quota=quota, faults=FaultConfig(latency_ms=5))
+    emu.add_user(USER, messages=60, seed=7)
+    client = GmailClient(GmailClientConfig(api_root=emu.url, max_concurrency=40))
+    try:
+        refs = await client.list_all_message_ids(USER, include_spam_trash=True)
+        outcomes = await client.fetch_messages(USER, refs, need=FetchNeed.RAW)
+        limiter = client.limiter(USER)
+    finally:
+        client.close()
+    assert len(outcomes) == 60
+    assert emu.accounting.throttled["concurrency"] > 0
+    assert limiter.concurrency <= 20  # halved from 40 at least once
