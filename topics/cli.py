@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +32,8 @@ class TopicSettings(Protocol):
     def topic_replication(self) -> int: ...
     @property
     def topic_namespace(self) -> str: ...
+    @property
+    def retry_ladders(self) -> Mapping[str, Sequence[int]]: ...
 
 
 def _settings() -> TopicSettings:
@@ -44,6 +47,7 @@ def _catalogue(namespace: str | None) -> Catalogue:
         namespace or settings.topic_namespace,
         settings.topic_partitions,
         settings.topic_replication,
+        settings.retry_ladders,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from schemas.models import (
     CorrespondentCount,
@@ -33,16 +33,10 @@ def insight_event(user_id: str, snapshot: InsightSnapshot) -> InsightProduced:
     Reply latency is the user's own median time to answer each participant; unanswered threads
     are those whose latest message waits for the user.
     """
-    days = [v.day for v in snapshot.volume_by_day]
-    start = (
-        datetime.fromisoformat(min(days)).replace(tzinfo=snapshot.generated_at.tzinfo)
-        if days
-        else snapshot.generated_at
-    )
     return InsightProduced(
         user_id=user_id,
         computed_at=snapshot.generated_at,
-        window_start=start,
+        window_start=snapshot.window_start or snapshot.generated_at,
         window_end=snapshot.generated_at,
         top_correspondents=[
             CorrespondentCount(address=c.address, messages=c.messages)
@@ -61,7 +55,9 @@ def insight_event(user_id: str, snapshot: InsightSnapshot) -> InsightProduced:
             if r.user_replies_median_seconds is not None
         ],
         unanswered_threads=[
-            UnansweredThread(thread_id=u.thread_id, subject="", last_message_at=u.received_at)
+            UnansweredThread(
+                thread_id=u.thread_id, subject=u.subject, last_message_at=u.received_at
+            )
             for u in snapshot.unanswered
         ],
     )
