@@ -17,6 +17,7 @@ def create_app(
     *,
     bootstrap_servers: str,
     commit_interval: float = 1.0,
+    session_timeout: float = 30.0,
     **overrides: Any,
 ) -> faust.App:
     """Return a faust App for one consumer group.
@@ -25,6 +26,7 @@ def create_app(
         app_id: the consumer group (``inboxflow-<agent>``); also faust's prefix for internal names.
         bootstrap_servers: Kafka bootstrap servers, comma separated.
         commit_interval: seconds between offset commits; the duplicate window after a crash.
+        session_timeout: how long a crashed member keeps its partitions before they move.
         overrides: other faust settings, for tests and tuning.
     """
     brokers = [f"kafka://{server.strip()}" for server in bootstrap_servers.split(",")]
@@ -43,6 +45,8 @@ def create_app(
         "producer_acks": -1,
         "consumer_auto_offset_reset": "earliest",
         "stream_processing_timeout": timedelta(minutes=6).total_seconds(),
+        "broker_session_timeout": session_timeout,
+        "broker_heartbeat_interval": min(3.0, session_timeout / 3),
     }
     settings.update(overrides)
     return faust.App(app_id, **settings)

@@ -70,6 +70,7 @@ class RetryRelay:
         tier_topics: Sequence[str],
         runners: Mapping[str, StageRunner],
         clock: Callable[[], float] = time.time,
+        session_timeout: float = 30.0,
     ) -> None:
         """Create a relay.
 
@@ -79,7 +80,9 @@ class RetryRelay:
             tier_topics: the group's retry tier topics.
             runners: runner per source topic, chosen by a record's ``x-original-topic``.
             clock: epoch seconds, for tests.
+            session_timeout: seconds before a crashed relay's partitions move.
         """
+        self.session_timeout = session_timeout
         self.group_id = group_id
         self.tier_topics = list(tier_topics)
         self.runners = dict(runners)
@@ -97,6 +100,8 @@ class RetryRelay:
             auto_offset_reset="earliest",
             max_poll_records=200,
             max_partition_fetch_bytes=8 * 1024 * 1024,
+            session_timeout_ms=int(self.session_timeout * 1000),
+            heartbeat_interval_ms=int(min(3.0, self.session_timeout / 3) * 1000),
         )
 
     async def run(self, stop: asyncio.Event) -> None:

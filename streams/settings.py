@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     insight_interval_seconds: float = Field(
         30.0, description="At most one InsightProduced per user per this many seconds."
     )
+    session_timeout_seconds: float = Field(
+        30.0,
+        description="Kafka consumer session timeout: how soon a crashed worker's partitions move.",
+    )
     timeouts: StageTimeouts = StageTimeouts()
     metrics_port: int = Field(0, description="Prometheus metrics port for workers; 0 disables.")
     sink_emails: bool = Field(

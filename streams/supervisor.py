@@ -40,6 +40,7 @@ def run_agent(agent: str, settings: Settings, *, loglevel: str = "WARNING") -> N
         stages=build_stages(agent, catalogue, resources),
         bootstrap_servers=settings.kafka_bootstrap_servers,
         batch=BatchConfig(settings.batch_size, settings.batch_wait),
+        session_timeout=settings.session_timeout_seconds,
     )
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
@@ -54,11 +55,13 @@ class ProcessGroup:
     """Child processes started together and stopped together."""
 
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    launches: dict[str, tuple[list[str], dict[str, str], Path | None]] = field(default_factory=dict)
 
     def start(
         self, name: str, argv: Sequence[str], *, env: Mapping[str, str], log_dir: Path | None
     ) -> None:
         """Start a child in its own session, its output in ``log_dir/<name>.log`` if given."""
+        self.launches[name] = (list(argv), dict(env), log_dir)
         out = (log_dir / f"{name}.log").open("ab") if log_dir else None
         self.processes[name] = subprocess.Popen(  # noqa: S603 - our own command line
             list(argv),
@@ -70,6 +73,17 @@ class ProcessGroup:
         )
         if out:
             out.close()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a child and its process group (no cleanup runs: a crash)."""
+        process = self.processes[name]
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def restart(self, name: str) -> None:
+        """Start a child again with the command line and environment it was started with."""
+        argv, env, log_dir = self.launches[name]
+        self.start(name, argv, env=env, log_dir=log_dir)
 
     def exited(self) -> dict[str, int]:
         """Return children that have exited, with their codes."""

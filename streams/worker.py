@@ -58,9 +58,12 @@ def build_worker_app(
     stages: Mapping[str, Stage],
     bootstrap_servers: str,
     batch: BatchConfig = BatchConfig(),
+    session_timeout: float = 30.0,
 ) -> faust.App:
     """Return a faust App running ``stages`` (by source topic) for ``group``, with its relay."""
-    app = create_app(group.group_id, bootstrap_servers=bootstrap_servers)
+    app = create_app(
+        group.group_id, bootstrap_servers=bootstrap_servers, session_timeout=session_timeout
+    )
     publisher = Publisher(bootstrap_servers, client_id=group.group_id)
     runners = {
         topic: StageRunner(
@@ -75,6 +78,7 @@ def build_worker_app(
         group_id=f"{group.group_id}-retry",
         tier_topics=[tier.topic.name for tier in group.retry_tiers],
         runners=runners,
+        session_timeout=session_timeout,
     )
     stopping = asyncio.Event()
 
