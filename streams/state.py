@@ -47,11 +47,19 @@ SELECT state, last_emitted_at FROM insight_state WHERE user_id = %(user_id)s
 """
 UPSERT_INSIGHTS = """
 INSERT INTO insight_state (user_id, state, last_emitted_at, updated_at)
-VALUES (%(user_id)s, %(state)s::jsonb, %(last_emitted_at)s, now())
+VALUES (%(user_id)s, %(state)s::jsonb, %(last_emitted_at)s, %(now)s)
 ON CONFLICT (user_id) DO UPDATE SET
     state = EXCLUDED.state,
     last_emitted_at = COALESCE(EXCLUDED.last_emitted_at, insight_state.last_emitted_at),
-    updated_at = now()
+    updated_at = EXCLUDED.updated_at
+"""
+
+
+CLAIM_PENDING_INSIGHTS = """
+UPDATE insight_state SET last_emitted_at = %(now)s
+WHERE updated_at > COALESCE(last_emitted_at, '-infinity'::timestamptz)
+  AND (last_emitted_at IS NULL OR last_emitted_at <= %(now)s - %(interval)s * interval '1 second')
+RETURNING user_id, state
 """
 
 
@@ -137,10 +145,31 @@ class AgentState:
         state = row[0] if isinstance(row[0], dict) else json.loads(row[0])
         return state, row[1]
 
+    async def claim_pending_insights(
+        self, now: datetime, interval_seconds: float
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Mark as emitted, and return, every aggregate changed since its last emission whose
+        interval has passed. The update is the claim: two workers never emit the same one."""
+        params = {"now": now, "interval": interval_seconds}
+        async with self._connection() as conn:
+            cursor = await conn.execute(CLAIM_PENDING_INSIGHTS, params)
+            rows = await cursor.fetchall()
+        return [
+            (user, state if isinstance(state, dict) else json.loads(state)) for user, state in rows
+        ]
+
     async def save_insights(
-        self, user_id: str, state_json: str, last_emitted_at: datetime | None
+        self, user_id: str, state_json: str, last_emitted_at: datetime | None, now: datetime
     ) -> None:
-        """Store the user's aggregate; keep the last emission time unless a new one is given."""
-        params = {"user_id": user_id, "state": state_json, "last_emitted_at": last_emitted_at}
+        """Store the user's aggregate; keep the last emission time unless a new one is given.
+
+        ``now`` is the caller's clock, the same one ``claim_pending_insights`` compares with.
+        """
+        params = {
+            "user_id": user_id,
+            "state": state_json,
+            "last_emitted_at": last_emitted_at,
+            "now": now,
+        }
         async with self._connection() as conn:
             await conn.execute(UPSERT_INSIGHTS, params)

@@ -41,6 +41,7 @@ def run_agent(agent: str, settings: Settings, *, loglevel: str = "WARNING") -> N
         bootstrap_servers=settings.kafka_bootstrap_servers,
         batch=BatchConfig(settings.batch_size, settings.batch_wait),
         session_timeout=settings.session_timeout_seconds,
+        on_stop=resources.close,
     )
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

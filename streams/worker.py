@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -25,6 +25,8 @@ from streams.stage import Record, Stage
 from topics.catalogue import Catalogue, ConsumerGroup
 
 log = logging.getLogger(__name__)
+
+TICK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ def build_worker_app(
     bootstrap_servers: str,
     batch: BatchConfig = BatchConfig(),
     session_timeout: float = 30.0,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> faust.App:
     """Return a faust App running ``stages`` (by source topic) for ``group``, with its relay."""
     app = create_app(
@@ -90,9 +93,23 @@ def build_worker_app(
         async def _relay(self) -> None:
             await relay.run(stopping)
 
+        @Service.timer(TICK_SECONDS)
+        async def _tick(self) -> None:
+            # Periodic work of stages that have some (insight emission after a burst).
+            for stage in stages.values():
+                tick = getattr(stage, "tick", None)
+                if tick is None:
+                    continue
+                try:
+                    await publisher.publish(await tick())
+                except Exception:  # a missed tick is retried on the next one
+                    log.exception("periodic tick failed group=%s", group.group_id)
+
         async def on_stop(self) -> None:
             stopping.set()
             await publisher.stop()
+            if on_stop is not None:
+                await on_stop()
 
     return app
 

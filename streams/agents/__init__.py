@@ -92,6 +92,16 @@ class Resources:
             self._state = AgentState(self.settings.database_url.get_secret_value())
         return self._state
 
+    async def close(self) -> None:
+        """Release the clients that were created (thread pools, connections, HTTP sessions)."""
+        if self._gmail is not None:
+            self._gmail.close()
+        if self._state is not None:
+            await self._state.close()
+        closer = getattr(self._embedder, "aclose", None)
+        if closer is not None:
+            await closer()
+
     @property
     def embedder(self) -> EmbeddingProvider:
         """The embedding provider."""

@@ -119,6 +119,23 @@ class InsightStage:
             outcomes[indexes[-1]].outputs.extend(emitted)
         return outcomes
 
+    async def tick(self) -> list[Outgoing]:
+        """Emit insights that changed since their last emission once their interval has passed.
+
+        Called periodically by the worker, so the last messages of a burst are reflected without
+        waiting for the next message to arrive.
+        """
+        now = utc_now(self.clock)
+        pending = await self.state.claim_pending_insights(now, self.interval.total_seconds())
+        return [
+            event_record(
+                self.serde,
+                self.insights_topic,
+                insight_event(user, UserInsights.from_dict(state).snapshot(now)),
+            )
+            for user, state in pending
+        ]
+
     async def _update(self, user: str, emails: list[EmailNormalized]) -> list[Outgoing]:
         stored, last_emitted = await self.state.insights(user)
         aggregate = UserInsights.from_dict(stored) if stored else UserInsights.for_user([user])
@@ -126,7 +143,7 @@ class InsightStage:
             aggregate.add_email(email)
         now = utc_now(self.clock)
         emit = should_emit(last_emitted, now, self.interval)
-        await self.state.save_insights(user, aggregate.to_json(), now if emit else None)
+        await self.state.save_insights(user, aggregate.to_json(), now if emit else None, now)
         if not emit:
             return []
         event = insight_event(user, aggregate.snapshot(now))

@@ -23,8 +23,10 @@ from schemas.models import (
     ContactExtracted,
     EmailEmbedded,
     EmailNormalized,
+    InsightProduced,
     MessageDiscovered,
 )
+from tests.helpers import wait_until
 from tests.pipeline_support import Pipeline, running_pipeline
 
 EML_DIR = Path(__file__).resolve().parents[1] / "data" / "eml"
@@ -108,6 +110,20 @@ def test_every_message_is_normalized_extracted_embedded_and_done(
     jobs = pipeline.jobs(users)
     for kind in ("normalize_google_email", "extract_contacts", "embed", "insight"):
         assert jobs[kind] == {"done": total}, kind
+
+    def insights_cover_every_dated_message() -> bool:
+        latest: dict[str, InsightProduced] = {}
+        for event in pipeline.events(catalogue.insight_produced.name, InsightProduced):
+            latest[event.user_id] = event
+        for user in users:
+            dated = sum(1 for e in normalized if e.user_id == user and e.sent_at is not None)
+            insight = latest.get(user)
+            if insight is None or sum(d.messages for d in insight.volume_by_day) != dated:
+                return False
+        return True
+
+    # The last emission after a burst comes from the insight worker's periodic tick.
+    wait_until(insights_cover_every_dated_message, timeout=30, message="final insights")
     assert jobs["google_gmail_sync"] == {"done": 2}
     stored = pipeline.query(
         "SELECT count(DISTINCT message_id) FROM contact_messages WHERE user_id = ANY(%(u)s)",
