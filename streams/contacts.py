@@ -15,8 +15,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Protocol
+
+from schemas.models import ContactRole
 
 __all__ = [
     "Contact",
@@ -26,16 +27,6 @@ __all__ = [
     "is_valid_address",
     "normalize_address",
 ]
-
-
-class ContactRole(StrEnum):
-    """Where an address appeared. The values are written to events and tables: never rename."""
-
-    FROM = "from"
-    TO = "to"
-    CC = "cc"
-    BCC = "bcc"
-    REPLY_TO = "reply_to"
 
 
 @dataclass(frozen=True, slots=True)

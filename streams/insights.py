@@ -70,7 +70,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from streams.contacts import AddressLike, is_valid_address, normalize_address
+from streams.contacts import AddressLike, ParticipantsLike, is_valid_address, normalize_address
 
 __all__ = [
     "STATE_VERSION",
@@ -101,7 +101,7 @@ UNANSWERED_IGNORED_LABELS = frozenset(
 )
 
 
-class EmailLike(Protocol):
+class EmailLike(ParticipantsLike, Protocol):
     """What insights read from a message: ``streams.mime.NormalizedEmail`` or the event model."""
 
     @property
@@ -115,18 +115,6 @@ class EmailLike(Protocol):
 
     @property
     def subject(self) -> str: ...
-
-    @property
-    def sender(self) -> AddressLike | None: ...
-
-    @property
-    def to(self) -> Sequence[AddressLike]: ...
-
-    @property
-    def cc(self) -> Sequence[AddressLike]: ...
-
-    @property
-    def bcc(self) -> Sequence[AddressLike]: ...
 
     @property
     def sent_at(self) -> datetime | None: ...

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import mailbox
 import os
 import signal
 import tempfile
@@ -26,6 +25,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from devstack.gmail_emulator.cli import read_messages
 from devstack.gmail_emulator.server import GmailEmulator
 from devstack.processes import StackError
 from devstack.stack import Stack, start_stack
@@ -100,20 +100,9 @@ def start_emulator(users: list[str], messages: int, seed: int, mbox: Path | None
     for index, user in enumerate(users):
         emulator.add_user(user, messages=0 if mbox else messages, seed=seed + index)
     if mbox is not None:
-        for raw in read_mail(mbox):
+        for raw in read_messages(mbox):
             emulator.add_message(users[0], raw)
     return emulator
-
-
-def read_mail(path: Path) -> list[bytes]:
-    """Return the messages of an mbox file or a folder of ``.eml`` files."""
-    if path.is_dir():
-        return [p.read_bytes() for p in sorted(path.glob("*.eml"))]
-    box = mailbox.mbox(str(path), create=False)
-    try:
-        return [message.as_bytes() for message in box]
-    finally:
-        box.close()
 
 
 def worker_env(

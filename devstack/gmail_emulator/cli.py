@@ -91,7 +91,8 @@ def gmail(
         click.echo("stopped")
 
 
-def _read_messages(path: Path) -> list[bytes]:
+def read_messages(path: Path) -> list[bytes]:
+    """Return the messages of an mbox file or a folder of ``.eml`` files, as raw bytes."""
     if path.is_dir():
         return [p.read_bytes() for p in sorted(path.glob("*.eml"))]
     box = mailbox.mbox(str(path), create=False)
@@ -112,7 +113,7 @@ def import_(source: Path, user: str, url: str, labels: tuple[str, ...]) -> None:
         raise click.BadParameter("must be an http(s) URL", param_hint="--url")
     endpoint = f"{url.rstrip('/')}/gmail/v1/users/{user}/messages/import?alt=json"
     count = 0
-    for raw in _read_messages(source):
+    for raw in read_messages(source):
         body = json.dumps({"raw": base64.urlsafe_b64encode(raw).decode(), "labelIds": list(labels)})
         request = urllib.request.Request(  # noqa: S310 - scheme checked above
             endpoint, body.encode(), {"Content-Type": "application/json"}, method="POST"

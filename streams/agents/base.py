@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
-from schemas.models import Event
+from schemas.models import EmailNormalized, Event
 from schemas.serde import Serde
-from streams.stage import Outgoing, Record
+from streams.stage import JobRef, Outgoing, Record
 
 E = TypeVar("E", bound=Event)
 
@@ -39,6 +39,22 @@ class Decoder(Generic[E]):
             except Exception as exc:  # noqa: BLE001 - returned, routed by the runner
                 decoded.append(exc)
         return decoded
+
+
+class NormalizedEmailStage:
+    """Shared by the stages that read EmailNormalized: one job per message, no breaker unless
+    the stage says otherwise."""
+
+    normalized: Decoder[EmailNormalized]
+
+    def dependencies(self, records: Sequence[Record]) -> list[str]:
+        """No external dependency by default."""
+        return []
+
+    def job_of(self, record: Record) -> JobRef:
+        """The message's job of this stage's kind."""
+        event = self.normalized.decode(record)
+        return JobRef(event.user_id, event.message_id, batch_id=event.sync_id)
 
 
 def gmail_breakers(records: Sequence[Record]) -> list[str]:

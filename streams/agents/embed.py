@@ -7,13 +7,13 @@ from collections.abc import Callable, Sequence
 
 from schemas.models import EmailEmbedded, EmailNormalized, EmbeddedChunk, JobKind
 from schemas.serde import Serde
-from streams.agents.base import Decoder, event_record, utc_now
+from streams.agents.base import Decoder, NormalizedEmailStage, event_record, utc_now
 from streams.chunking import chunk_text
 from streams.embedding import EmbeddingProvider
-from streams.stage import JobRef, Outcome, Record
+from streams.stage import Outcome, Record
 
 
-class EmbedStage:
+class EmbedStage(NormalizedEmailStage):
     """Chunks each message's text and embeds all chunks of a batch in one provider call."""
 
     name = "embed"
@@ -41,11 +41,6 @@ class EmbedStage:
     def dependencies(self, records: Sequence[Record]) -> list[str]:
         """The embedding provider."""
         return [f"embedding:{self.provider.name}"]
-
-    def job_of(self, record: Record) -> JobRef:
-        """The message's embed job."""
-        event = self.normalized.decode(record)
-        return JobRef(event.user_id, event.message_id, batch_id=event.sync_id)
 
     async def process(self, records: Sequence[Record]) -> list[Outcome]:
         """Embed every decodable message; a provider failure fails the messages it covered."""

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from schemas.models import ContactExtracted, ContactRole, EmailNormalized, JobKind
+from schemas.models import ContactExtracted, EmailNormalized, JobKind
 from schemas.serde import Serde
-from streams.agents.base import Decoder, event_record
+from streams.agents.base import Decoder, NormalizedEmailStage, event_record
 from streams.contacts import Contact, extract_contacts
-from streams.stage import JobRef, Outcome, Outgoing, Record
+from streams.stage import Outcome, Outgoing, Record
 
 
-class ExtractStage:
+class ExtractStage(NormalizedEmailStage):
     """Extracts correspondents from normalized messages (deduplicated within a message)."""
 
     name = "extract"
@@ -23,15 +23,6 @@ class ExtractStage:
         self.serde = serde
         self.contacts_topic = contacts_topic
         self.timeout = timeout
-
-    def dependencies(self, records: Sequence[Record]) -> list[str]:
-        """No external dependency: nothing to break."""
-        return []
-
-    def job_of(self, record: Record) -> JobRef:
-        """The message's extract job."""
-        event = self.normalized.decode(record)
-        return JobRef(event.user_id, event.message_id, batch_id=event.sync_id)
 
     async def process(self, records: Sequence[Record]) -> list[Outcome]:
         """Extract each message's contacts."""
@@ -50,7 +41,7 @@ class ExtractStage:
             user_id=email.user_id,
             address=contact.address,
             display_name=contact.display_name,
-            role=ContactRole(contact.role.value),
+            role=contact.role,
             message_id=email.message_id,
             thread_id=email.thread_id,
             occurred_at=email.sent_at or email.normalized_at,

@@ -21,9 +21,9 @@ from schemas.models import (
     UnansweredThread,
 )
 from schemas.serde import Serde
-from streams.agents.base import Decoder, event_record, utc_now
+from streams.agents.base import Decoder, NormalizedEmailStage, event_record, utc_now
 from streams.insights import InsightSnapshot, UserInsights, should_emit
-from streams.stage import JobRef, Outcome, Outgoing, Record
+from streams.stage import Outcome, Outgoing, Record
 from streams.state import AgentState
 
 
@@ -63,7 +63,7 @@ def insight_event(user_id: str, snapshot: InsightSnapshot) -> InsightProduced:
     )
 
 
-class InsightStage:
+class InsightStage(NormalizedEmailStage):
     """Folds each message into its user's aggregate and emits insights on change."""
 
     name = "insight"
@@ -87,15 +87,6 @@ class InsightStage:
         self.timeout = timeout
         self.interval = interval
         self.clock = clock
-
-    def dependencies(self, records: Sequence[Record]) -> list[str]:
-        """No external dependency: nothing to break."""
-        return []
-
-    def job_of(self, record: Record) -> JobRef:
-        """The message's insight job."""
-        event = self.normalized.decode(record)
-        return JobRef(event.user_id, event.message_id, batch_id=event.sync_id)
 
     async def process(self, records: Sequence[Record]) -> list[Outcome]:
         """Update each user's aggregate once per batch; the emission rides on the user's last
