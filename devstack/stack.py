@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from devstack.kafka import KafkaBroker, start_broker
 from devstack.postgres import DEFAULT_DATABASE, PostgresServer, start_postgres
@@ -28,6 +28,7 @@ from devstack.processes import StackError, pid_alive, stop_group
 log = logging.getLogger(__name__)
 
 StackMode = Literal["local", "testcontainers"]
+T = TypeVar("T")
 
 
 @dataclass
@@ -66,6 +67,26 @@ class Stack:
         }
 
 
+_PORT_TAKEN = ("Address already in use", "BindException", "could not bind")
+_PORT_ATTEMPTS = 3
+
+
+def with_fresh_ports(start: Callable[[], T]) -> T:
+    """Call ``start`` again (it picks new free ports) when another process took a port first.
+
+    Free ports are found by binding and releasing, so something else can grab one before the
+    service binds it; that race is retried, any other failure is not.
+    """
+    for attempt in range(1, _PORT_ATTEMPTS + 1):
+        try:
+            return start()
+        except StackError as exc:
+            if attempt == _PORT_ATTEMPTS or not any(s in str(exc) for s in _PORT_TAKEN):
+                raise
+            log.warning("port taken, retrying with another (attempt %s): %s", attempt, exc)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def start_stack(
     *,
     kafka_bootstrap: str | None,
@@ -88,14 +109,19 @@ def start_stack(
     stack = Stack(kafka_bootstrap or "", database_url or "")
     try:
         if not database_url:
-            stack.postgres = start_postgres(root=None, die_with_parent=die_with_parent)
+            stack.postgres = with_fresh_ports(
+                lambda: start_postgres(root=None, die_with_parent=die_with_parent)
+            )
             stack._stoppers.append(stack.postgres.stop)
             stack.database_url = stack.postgres.url(DEFAULT_DATABASE)
             stack.started.append("postgres")
         if not kafka_bootstrap:
-            stack.work_dir = Path(tempfile.mkdtemp(prefix="inboxflow-kafka-"))
-            stack.kafka = start_broker(
-                cache_dir=cache_dir, work_dir=stack.work_dir, die_with_parent=die_with_parent
+            work_dir = Path(tempfile.mkdtemp(prefix="inboxflow-kafka-"))
+            stack.work_dir = work_dir
+            stack.kafka = with_fresh_ports(
+                lambda: start_broker(
+                    cache_dir=cache_dir, work_dir=work_dir, die_with_parent=die_with_parent
+                )
             )
             stack._stoppers.append(stack.kafka.stop)
             stack.kafka_bootstrap = stack.kafka.bootstrap

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -169,3 +171,29 @@ def test_fresh_database_gets_every_migration_once(stack, unique_name) -> None:  
     finally:
         with psycopg.connect(stack.database_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_a_port_taken_before_the_server_binds_it_is_retried_with_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import devstack.postgres
+    from devstack.postgres import start_postgres
+    from devstack.stack import with_fresh_ports
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        offered = iter([taken])
+        real_free_port = devstack.postgres.free_port
+        monkeypatch.setattr(
+            devstack.postgres, "free_port", lambda: next(offered, 0) or real_free_port()
+        )
+
+        server = with_fresh_ports(lambda: start_postgres(root=None, die_with_parent=True))
+        try:
+            assert server.port != taken
+            with psycopg.connect(server.url()) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        finally:
+            server.stop()
