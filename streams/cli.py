@@ -10,7 +10,7 @@ from devstack.cli import dev
 from devstack.gmail_emulator.cli import emulator
 from sinks.cli import sink, sink_bench
 from streams.gmail.bench import gmail as gmail_bench
-from streams.pipeline_cli import sync, worker
+from streams.pipeline_cli import pipeline_bench, sync, worker
 from streams.run import run
 from streams.settings import Settings
 from topics.cli import topics
@@ -53,6 +53,7 @@ def bench() -> None:
 cli.add_command(dev)
 cli.add_command(run)
 cli.add_command(worker)
+bench.add_command(pipeline_bench)
 cli.add_command(sync)
 cli.add_command(topics)
 for _command in OPERATOR_COMMANDS:  # dlq, replay, lag (topics/dlq_cli.py)

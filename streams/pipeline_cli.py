@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -83,3 +84,28 @@ def sync(settings: Settings, users: tuple[str, ...], full: bool) -> None:
     sync_ids = asyncio.run(request_syncs(settings, list(users), full=full))
     for user, sync_id in zip(users, sync_ids, strict=True):
         click.echo(f"sync requested user={user} sync_id={sync_id} full={full}")
+
+
+@click.command("pipeline")
+@click.option("--messages", default=2000, show_default=True, help="Generated messages.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.pass_obj
+def pipeline_bench(settings: Settings, messages: int, as_json: bool) -> None:
+    """The normalize agent against a naive consume-produce-commit loop, same messages."""
+    from streams.bench import run_pipeline_bench
+
+    result = asyncio.run(run_pipeline_bench(settings, messages))
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    click.echo(f"{result.messages} messages through normalize")
+    click.echo(
+        f"inboxflow agent: {result.inboxflow_messages_per_second:,.0f} msg/s "
+        f"(start-up {result.inboxflow_startup_seconds:.1f}s, "
+        f"peak RSS {result.inboxflow_peak_rss_mib:.0f} MiB)"
+    )
+    click.echo(
+        f"naive peer:      {result.naive_messages_per_second:,.0f} msg/s "
+        f"(peak RSS {result.naive_peak_rss_mib:.0f} MiB)"
+    )
+    click.echo(f"ratio: {result.ratio:.2f}x")
