@@ -28,7 +28,8 @@ def test_normalize_agent_against_a_naive_loop(kafka_bootstrap: str, database_url
     print(
         f"inboxflow {result['inboxflow_messages_per_second']:.0f} msg/s "
         f"({result['inboxflow_peak_rss_mib']:.0f} MiB), naive "
-        f"{result['naive_messages_per_second']:.0f} msg/s ({result['naive_peak_rss_mib']:.0f} MiB), "
+        f"{result['naive_messages_per_second']:.0f} msg/s "
+        f"({result['naive_peak_rss_mib']:.0f} MiB), "
         f"ratio {result['ratio']:.2f}x"
     )
     assert result["messages"] == 1500
