@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import click
 
+from devstack.kafka import KAFKA_VERSION, ensure_classpath
 from devstack.processes import StackError
 from devstack.roundtrip import round_trip
 from devstack.stack import (
@@ -95,6 +96,16 @@ def up(as_json: bool) -> None:
     click.echo(f"  export KAFKA_BOOTSTRAP_SERVERS={stack.kafka_bootstrap}")
     click.echo(f"  export DATABASE_URL={stack.database_url}")
     click.echo("Stop with: inboxflow dev down")
+
+
+@dev.command()
+def fetch() -> None:
+    """Resolve the Kafka broker jars with Maven into the cache (once; later starts are offline)."""
+    try:
+        libs = ensure_classpath(state_dir(_settings()))
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Kafka {KAFKA_VERSION} jars ready in {libs}")
 
 
 @dev.command()
