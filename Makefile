@@ -17,11 +17,11 @@ system:
 	@bash devstack/install-system-deps.sh
 
 run: $(STAMP) system
-	$(BIN)/inboxflow dev fetch
+	@[ -n "$$KAFKA_BOOTSTRAP_SERVERS" ] || $(BIN)/inboxflow dev fetch
 	$(BIN)/inboxflow run
 
 test: $(STAMP) system lint
-	$(BIN)/inboxflow dev fetch
+	@[ -n "$$KAFKA_BOOTSTRAP_SERVERS" ] || $(BIN)/inboxflow dev fetch
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
