@@ -57,6 +57,14 @@ class CircuitBreaker:
     _probing: bool = False
     transitions: int = 0
 
+    def can_pass(self) -> bool:
+        """Return True if ``allow`` would let a call through now; changes nothing."""
+        if self.state is BreakerState.OPEN:
+            return self.clock() - self.opened_at >= self.config.open_seconds
+        if self.state is BreakerState.HALF_OPEN:
+            return not self._probing
+        return True
+
     def allow(self) -> bool:
         """Return True if a call may go ahead now (in half-open: only the one probe)."""
         if self.state is BreakerState.OPEN:

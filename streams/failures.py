@@ -103,12 +103,18 @@ def decide(
 
     Tiers are used in order; once past the last one the record stays on the last tier until its
     class's budget is spent. A retry is due after the tier's delay with ±20 % jitter, and never
-    before the wait the remote asked for (rate limits and quotas are due at their reset).
+    before the wait the remote asked for (rate limits and quotas are due at their reset); such a
+    wait also moves the record up to the first tier at least as long.
     """
     budget = (policy or RetryPolicy.default()).max_attempts.get(failure.retry_class, 1)
     if failure.retry_class is RetryClass.PERMANENT or attempts >= budget or not ladder:
         return Decision(dead_letter_topic, None, dead=True)
     tier = ladder[min(attempts - 1, len(ladder) - 1)]
+    if failure.retry_after is not None:
+        # A long wait goes to a tier at least that long: on a short tier it would pause the
+        # tier's partition, and every other user's quick retries behind it, until its time.
+        longer = [t for t in ladder if t.delay >= failure.retry_after] or [ladder[-1]]
+        tier = max(tier, longer[0], key=lambda t: t.delay)
     jitter = (rng or random).uniform(0.8, 1.2)  # spreading load, not security
     wait = tier.delay * jitter
     if failure.retry_after is not None:

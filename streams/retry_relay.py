@@ -101,6 +101,8 @@ class RetryRelay:
             max_poll_records=200,
             max_partition_fetch_bytes=8 * 1024 * 1024,
             session_timeout_ms=int(self.session_timeout * 1000),
+            # Longer than any stage's timeout, so a slow batch never costs the group membership.
+            max_poll_interval_ms=3_600_000,
             heartbeat_interval_ms=int(min(3.0, self.session_timeout / 3) * 1000),
         )
 
@@ -163,7 +165,7 @@ class RetryRelay:
             by_source.setdefault(source, []).append(record)
         for source, group in by_source.items():
             runner = self.runners.get(source) or next(iter(self.runners.values()))
-            await runner.run(group)
+            await runner.run_until_done(group)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:

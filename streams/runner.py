@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from schemas.errors import RetryClass, StageTimeoutError
 from schemas.models import JobStatus
@@ -148,6 +148,29 @@ class StageRunner:
         ]
         await asyncio.gather(*(self._run_partition(batch) for batch in by_partition))
 
+    async def run_until_done(self, records: Sequence[Record]) -> None:
+        """Run a batch until it has gone through; only cancellation (shutdown) stops trying.
+
+        A batch must never be dropped unacked: faust would then skip a lone missing offset at
+        commit time (losing the record) or stop committing the partition altogether. Records
+        of the batch that already went through run again, which every stage tolerates.
+        """
+        delay = 0.5
+        while True:
+            try:
+                await self.run(records)
+            except Exception:
+                log.exception(
+                    "batch failed group=%s records=%s; retrying in %.1fs",
+                    self.group.group_id,
+                    len(records),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+            else:
+                return
+
     async def _run_partition(self, records: list[Record]) -> None:
         started_at = time.perf_counter()
         breakers = [self.breakers.get(name) for name in self.stage.dependencies(records)]
@@ -159,19 +182,28 @@ class StageRunner:
             for ref, n in zip(refs, attempts, strict=True)
             if ref is not None
         ]
-        started = await self.publisher.send(starts)
+        started = await self._send_best_effort(starts)
         outcomes = await self._process(records)
         self._record_health(breakers, outcomes)
         results: list[Outgoing] = []
         for record, ref, attempt, outcome in zip(records, refs, attempts, outcomes, strict=True):
             results += self._follow_up(record, ref, attempt, outcome)
-        await self._publish_until_acked(results, started)
+        await self._publish_until_acked(results, started, records, refs, attempts)
         for outcome in outcomes:
             if outcome.error is None and outcome.after_publish is not None:
                 await self._after_publish(outcome.after_publish)
         self.metrics.batch_seconds.labels(self.group.group_id, self.stage.name).observe(
             time.perf_counter() - started_at
         )
+
+    async def _send_best_effort(self, records: list[Outgoing]) -> list[asyncio.Future[object]]:
+        # `processing` states are informative: if Kafka is unreachable they are sent with the
+        # results instead (the version guard keeps the row right either way).
+        try:
+            return await self.publisher.send(records)
+        except KafkaError as exc:
+            log.warning("processing states not sent group=%s: %s", self.group.group_id, exc)
+            return []
 
     async def _wait_for(self, breakers: list[CircuitBreaker]) -> None:
         # An open breaker parks this partition's batch (unacked, so faust stops fetching more)
@@ -181,7 +213,11 @@ class StageRunner:
         deadline = time.monotonic() + BREAKER_MAX_WAIT
         while breakers and time.monotonic() < deadline:
             waits = [b.wait_seconds() for b in breakers]
-            if max(waits) <= 0 and all(b.allow() for b in breakers):
+            # Check every breaker first: taking one's half-open probe and then finding another
+            # closed to us would leak that probe.
+            if max(waits) <= 0 and all(b.can_pass() for b in breakers):
+                for breaker in breakers:
+                    breaker.allow()
                 break
             self._export(breakers)
             await asyncio.sleep(min(max(max(waits), 0.05), 0.5))
@@ -320,24 +356,49 @@ class StageRunner:
         )
 
     async def _publish_until_acked(
-        self, records: list[Outgoing], pending: list[asyncio.Future[object]]
+        self,
+        results: list[Outgoing],
+        pending: list[asyncio.Future[object]],
+        records: list[Record],
+        refs: list[JobRef | None],
+        attempts: list[int],
     ) -> None:
         # Returning without every record acked would let the caller ack the source and lose
-        # work, so a Kafka outage is waited out here (only cancellation ends the wait).
+        # work, so a Kafka outage is waited out here (only cancellation ends the wait). An error
+        # retrying cannot fix (a result over the topic's size limit, no authorization) sends
+        # the batch's source records to the dead-letter topic instead of looping forever.
         delay = 0.5
         while True:
             try:
                 await asyncio.gather(*pending)
-                await self.publisher.publish(records)
+                await self.publisher.publish(results)
             except KafkaError as exc:
-                log.warning(
-                    "publish failed group=%s, retrying in %.1fs: %s",
-                    self.group.group_id,
-                    delay,
-                    exc,
-                )
+                if not exc.retriable and not isinstance(exc, KafkaTimeoutError):
+                    log.exception("results refused group=%s", self.group.group_id)
+                    results = self._dead_letter_all(records, refs, attempts, exc)
+                else:
+                    log.warning(
+                        "publish failed group=%s, retrying in %.1fs: %s",
+                        self.group.group_id,
+                        delay,
+                        exc,
+                    )
+                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311
+                    delay = min(delay * 2, 30.0)
                 pending = []
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311
-                delay = min(delay * 2, 30.0)
             else:
                 return
+
+    def _dead_letter_all(
+        self,
+        records: list[Record],
+        refs: list[JobRef | None],
+        attempts: list[int],
+        exc: BaseException,
+    ) -> list[Outgoing]:
+        failure = Failure(RetryClass.PERMANENT, f"results refused by Kafka: {exc}"[:500])
+        now = self.clock()
+        dead: list[Outgoing] = []
+        for record, ref, attempt in zip(records, refs, attempts, strict=True):
+            dead += self._route_failure(record, ref, attempt, failure, now)
+        return dead

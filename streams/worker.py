@@ -10,6 +10,7 @@ process, so per-user limits (Gmail quota) live with whoever owns the user's part
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from topics.catalogue import Catalogue, ConsumerGroup
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
+RELAY_STOP_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ def record_from_event(event: faust.types.EventT[Any]) -> Record:
         timestamp_ms=int(message.timestamp * 1000),
         key=message.key,
         value=message.value or b"",
-        headers=tuple((str(k), bytes(v)) for k, v in pairs),
+        headers=tuple((str(k), bytes(v or b"")) for k, v in pairs),
     )
 
 
@@ -84,6 +86,7 @@ def build_worker_app(
         session_timeout=session_timeout,
     )
     stopping = asyncio.Event()
+    relay_done = asyncio.Event()
 
     @app.service
     class Extras(Service):
@@ -91,12 +94,17 @@ def build_worker_app(
 
         @Service.task
         async def _relay(self) -> None:
-            await relay.run(stopping)
+            try:
+                await relay.run(stopping)
+            finally:
+                relay_done.set()
 
         @Service.timer(TICK_SECONDS)
         async def _tick(self) -> None:
             # Periodic work of stages that have some (insight emission after a burst).
             for stage in stages.values():
+                if stopping.is_set():
+                    return
                 tick = getattr(stage, "tick", None)
                 if tick is None:
                     continue
@@ -106,7 +114,11 @@ def build_worker_app(
                     log.exception("periodic tick failed group=%s", group.group_id)
 
         async def on_stop(self) -> None:
+            # The relay may be mid-batch: let it finish and leave before the publisher and the
+            # clients it uses go away.
             stopping.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(relay_done.wait(), timeout=RELAY_STOP_SECONDS)
             await publisher.stop()
             if on_stop is not None:
                 await on_stop()
@@ -123,7 +135,7 @@ def _add_agent(app: faust.App, topic_name: str, runner: StageRunner, batch: Batc
         async for batch_values in taking:
             # noack_take yields the events themselves (typed as values upstream).
             events = cast(list[faust.types.EventT[Any]], batch_values)
-            await runner.run([record_from_event(event) for event in events])
+            await runner.run_until_done([record_from_event(event) for event in events])
             for event in events:
                 await stream.ack(event)
 

@@ -74,3 +74,16 @@ def test_registry_returns_one_breaker_per_name() -> None:
     registry = BreakerRegistry()
     assert registry.get("gmail") is registry.get("gmail")
     assert registry.get("gmail") is not registry.get("gmail:u@example.org")
+
+
+def test_can_pass_tells_without_taking_the_probe() -> None:
+    clock = Clock()
+    b = breaker(clock)
+    for _ in range(4):
+        b.record(success=False)
+    assert not b.can_pass()
+    clock.now += 5
+    assert b.can_pass()
+    assert b.can_pass(), "asking twice takes nothing"
+    assert b.allow()
+    assert not b.can_pass(), "the probe is out"

@@ -97,9 +97,33 @@ def test_rate_limits_are_due_no_earlier_than_the_remote_asked() -> None:
         dead_letter_topic="dlq",
         now=100.0,
     )
-    assert decision.topic == "t.retry.5s"
+    assert decision.topic == "t.retry.2m", "a tier at least as long as the wait"
     assert decision.due_at is not None
     assert decision.due_at >= 157.0
+
+
+def test_a_short_remote_wait_keeps_the_attempts_tier() -> None:
+    decision = decide(
+        Failure(RetryClass.RATE_LIMIT, "429", retry_after=2.0),
+        attempts=2,
+        ladder=LADDER,
+        dead_letter_topic="dlq",
+        now=0.0,
+    )
+    assert decision.topic == "t.retry.30s"
+
+
+def test_a_wait_longer_than_every_tier_goes_to_the_last() -> None:
+    decision = decide(
+        Failure(RetryClass.QUOTA, "daily", retry_after=3600.0),
+        attempts=1,
+        ladder=LADDER,
+        dead_letter_topic="dlq",
+        now=0.0,
+    )
+    assert decision.topic == "t.retry.2m"
+    assert decision.due_at is not None
+    assert decision.due_at >= 3600.0
 
 
 def test_each_class_dies_when_its_budget_is_spent() -> None:
