@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.routing import PHASE_WEIGHT
 from topics.catalogue import Catalogue
 
 TERMINAL = ("done", "error", "dead")
@@ -20,6 +21,24 @@ SELECT kind, status, count(*) FROM jobs
 WHERE user_id = ANY(%(users)s)
 GROUP BY kind, status
 """
+
+
+NORMALIZED_MESSAGES = """
+SELECT count(*) FROM jobs
+WHERE user_id = ANY(%(users)s) AND kind = 'normalize_google_email' AND status = 'done'
+  AND version >= %(phase)s
+"""
+
+
+def normalized_messages(database_url: str, users: list[str]) -> int:
+    """Messages whose normalize job finished in the normalize stage itself (phase 1).
+
+    A message deleted in Gmail before its fetch also ends ``done``, but in the fetch phase, and
+    queues no downstream jobs; it is not counted here.
+    """
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(NORMALIZED_MESSAGES, {"users": users, "phase": PHASE_WEIGHT}).fetchone()
+    return int(row[0]) if row else 0
 
 
 @dataclass

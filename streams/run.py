@@ -31,7 +31,14 @@ from devstack.processes import StackError
 from devstack.stack import Stack, start_stack
 from sinks.migrate import apply_migrations
 from streams.agents import catalogue_from
-from streams.observe import TERMINAL, TopicCounter, dlq_topics, job_counts, stage_topics
+from streams.observe import (
+    TERMINAL,
+    TopicCounter,
+    dlq_topics,
+    job_counts,
+    normalized_messages,
+    stage_topics,
+)
 from streams.pipeline_cli import request_syncs
 from streams.settings import Settings
 from streams.supervisor import ProcessGroup, start_all
@@ -146,7 +153,7 @@ class Job:
             return False
         if any(counts.count(kind) != counts.count(kind, TERMINAL) for kind in counts.by_kind):
             return False
-        normalized = counts.count("normalize_google_email", ("done",))
+        normalized = normalized_messages(self.stack.database_url, self.users)
         return all(counts.count(kind) == normalized for kind in MESSAGE_KINDS[1:])
 
     async def watch(

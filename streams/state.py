@@ -9,8 +9,7 @@ restart retries the record instead of killing it.
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,25 +41,35 @@ INSERT INTO discovered_messages (user_id, message_id, sync_id)
 SELECT %(user_id)s, id, %(sync_id)s FROM unnest(%(ids)s::text[]) AS id
 ON CONFLICT DO NOTHING
 """
-SELECT_INSIGHTS = """
-SELECT state, last_emitted_at FROM insight_state WHERE user_id = %(user_id)s
+ENSURE_INSIGHTS_ROW = """
+INSERT INTO insight_state (user_id, state) VALUES (%(user_id)s, 'null'::jsonb)
+ON CONFLICT (user_id) DO NOTHING
 """
-UPSERT_INSIGHTS = """
-INSERT INTO insight_state (user_id, state, last_emitted_at, updated_at)
-VALUES (%(user_id)s, %(state)s::jsonb, %(last_emitted_at)s, %(now)s)
-ON CONFLICT (user_id) DO UPDATE SET
-    state = EXCLUDED.state,
-    last_emitted_at = COALESCE(EXCLUDED.last_emitted_at, insight_state.last_emitted_at),
-    updated_at = EXCLUDED.updated_at
+LOCK_INSIGHTS = """
+SELECT state FROM insight_state WHERE user_id = %(user_id)s FOR UPDATE
 """
-
-
-CLAIM_PENDING_INSIGHTS = """
-UPDATE insight_state SET last_emitted_at = %(now)s
-WHERE updated_at > COALESCE(last_emitted_at, '-infinity'::timestamptz)
+UPDATE_INSIGHTS = """
+UPDATE insight_state
+SET state = %(state)s::jsonb, state_version = state_version + 1, updated_at = now()
+WHERE user_id = %(user_id)s
+"""
+PENDING_INSIGHTS = """
+SELECT user_id, state, state_version FROM insight_state
+WHERE state_version > emitted_version
   AND (last_emitted_at IS NULL OR last_emitted_at <= %(now)s - %(interval)s * interval '1 second')
-RETURNING user_id, state
+ORDER BY user_id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
 """
+MARK_EMITTED = """
+UPDATE insight_state
+SET emitted_version = GREATEST(emitted_version, %(version)s), last_emitted_at = %(now)s
+WHERE user_id = %(user_id)s
+"""
+
+InsightFold = Callable[[dict[str, Any] | None], str | None]
+"""Given the stored aggregate (None at first), return the new one as JSON, or None if unchanged."""
+PublishInsights = Callable[[list[tuple[str, dict[str, Any]]]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -135,41 +144,34 @@ class AgentState:
         async with self._connection() as conn:
             await conn.execute(INSERT_DISCOVERED, params)
 
-    async def insights(self, user_id: str) -> tuple[dict[str, Any] | None, datetime | None]:
-        """Return the user's stored aggregate (as a dict) and last emission time."""
-        async with self._connection() as conn:
-            cursor = await conn.execute(SELECT_INSIGHTS, {"user_id": user_id})
+    async def update_insights(self, user_id: str, fold: InsightFold) -> None:
+        """Apply ``fold`` to the user's aggregate under a row lock (no lost update between the
+        live agent, the retry relay and other replicas), counting the change."""
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(ENSURE_INSIGHTS_ROW, {"user_id": user_id})
+            cursor = await conn.execute(LOCK_INSIGHTS, {"user_id": user_id})
             row = await cursor.fetchone()
-        if row is None:
-            return None, None
-        state = row[0] if isinstance(row[0], dict) else json.loads(row[0])
-        return state, row[1]
+            stored = row[0] if row else None
+            changed = fold(stored if isinstance(stored, dict) else None)
+            if changed is not None:
+                await conn.execute(UPDATE_INSIGHTS, {"user_id": user_id, "state": changed})
 
-    async def claim_pending_insights(
-        self, now: datetime, interval_seconds: float
-    ) -> list[tuple[str, dict[str, Any]]]:
-        """Mark as emitted, and return, every aggregate changed since its last emission whose
-        interval has passed. The update is the claim: two workers never emit the same one."""
-        params = {"now": now, "interval": interval_seconds}
-        async with self._connection() as conn:
-            cursor = await conn.execute(CLAIM_PENDING_INSIGHTS, params)
-            rows = await cursor.fetchall()
-        return [
-            (user, state if isinstance(state, dict) else json.loads(state)) for user, state in rows
-        ]
+    async def emit_pending_insights(
+        self, now: datetime, interval_seconds: float, publish: PublishInsights, limit: int = 500
+    ) -> int:
+        """Publish every aggregate changed since its last emission whose interval has passed.
 
-    async def save_insights(
-        self, user_id: str, state_json: str, last_emitted_at: datetime | None, now: datetime
-    ) -> None:
-        """Store the user's aggregate; keep the last emission time unless a new one is given.
-
-        ``now`` is the caller's clock, the same one ``claim_pending_insights`` compares with.
+        The rows stay locked while ``publish`` runs and are marked emitted only after it
+        returned (Kafka acknowledged); if it raises nothing is marked and the next call tries
+        again. ``SKIP LOCKED`` keeps two workers from emitting the same aggregate.
         """
-        params = {
-            "user_id": user_id,
-            "state": state_json,
-            "last_emitted_at": last_emitted_at,
-            "now": now,
-        }
-        async with self._connection() as conn:
-            await conn.execute(UPSERT_INSIGHTS, params)
+        async with self._connection() as conn, conn.transaction():
+            params = {"now": now, "interval": interval_seconds, "limit": limit}
+            rows = await (await conn.execute(PENDING_INSIGHTS, params)).fetchall()
+            ready = [(user, state, version) for user, state, version in rows if state]
+            if not ready:
+                return 0
+            await publish([(user, state) for user, state, _ in ready])
+            for user, _, version in ready:
+                await conn.execute(MARK_EMITTED, {"user_id": user, "version": version, "now": now})
+        return len(ready)

@@ -8,8 +8,9 @@ insight is defined in ``streams/insights.py`` (and the README).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
 from schemas.models import (
     CorrespondentCount,
@@ -22,7 +23,7 @@ from schemas.models import (
 )
 from schemas.serde import Serde
 from streams.agents.base import Decoder, NormalizedEmailStage, event_record, utc_now
-from streams.insights import InsightSnapshot, UserInsights, should_emit
+from streams.insights import InsightSnapshot, UserInsights
 from streams.stage import Outcome, Outgoing, Record
 from streams.state import AgentState
 
@@ -89,8 +90,8 @@ class InsightStage(NormalizedEmailStage):
         self.clock = clock
 
     async def process(self, records: Sequence[Record]) -> list[Outcome]:
-        """Update each user's aggregate once per batch; the emission rides on the user's last
-        message of the batch."""
+        """Fold each user's messages of the batch into the stored aggregate, in one locked
+        update per user. Emission is the periodic ``tick``'s job."""
         decoded = self.normalized.decode_each(records)
         outcomes: list[Outcome] = [Outcome() for _ in records]
         by_user: dict[str, list[int]] = {}
@@ -102,40 +103,42 @@ class InsightStage(NormalizedEmailStage):
         for user, indexes in by_user.items():
             emails = [decoded[i] for i in indexes]
             try:
-                emitted = await self._update(user, emails)  # type: ignore[arg-type]
+                await self.state.update_insights(user, _folding(user, emails))  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001 - the user's messages fail alike
                 for i in indexes:
                     outcomes[i] = Outcome(error=exc)
-                continue
-            outcomes[indexes[-1]].outputs.extend(emitted)
         return outcomes
 
-    async def tick(self) -> list[Outgoing]:
-        """Emit insights that changed since their last emission once their interval has passed.
+    async def tick(self, publish: Callable[[list[Outgoing]], Awaitable[None]]) -> None:
+        """Emit every aggregate that changed since its last emission once its interval passed.
 
-        Called periodically by the worker, so the last messages of a burst are reflected without
-        waiting for the next message to arrive.
+        Runs every second in the worker. An aggregate is marked emitted only after ``publish``
+        returned, so a failed publish is simply tried again on the next tick.
         """
         now = utc_now(self.clock)
-        pending = await self.state.claim_pending_insights(now, self.interval.total_seconds())
-        return [
-            event_record(
-                self.serde,
-                self.insights_topic,
-                insight_event(user, UserInsights.from_dict(state).snapshot(now)),
-            )
-            for user, state in pending
-        ]
 
-    async def _update(self, user: str, emails: list[EmailNormalized]) -> list[Outgoing]:
-        stored, last_emitted = await self.state.insights(user)
+        async def emit(pending: list[tuple[str, dict[str, Any]]]) -> None:
+            await publish(
+                [
+                    event_record(
+                        self.serde,
+                        self.insights_topic,
+                        insight_event(user, UserInsights.from_dict(state).snapshot(now)),
+                    )
+                    for user, state in pending
+                ]
+            )
+
+        await self.state.emit_pending_insights(now, self.interval.total_seconds(), emit)
+
+
+def _folding(
+    user: str, emails: list[EmailNormalized]
+) -> Callable[[dict[str, Any] | None], str | None]:
+    def fold(stored: dict[str, Any] | None) -> str | None:
         aggregate = UserInsights.from_dict(stored) if stored else UserInsights.for_user([user])
-        for email in emails:
-            aggregate.add_email(email)
-        now = utc_now(self.clock)
-        emit = should_emit(last_emitted, now, self.interval)
-        await self.state.save_insights(user, aggregate.to_json(), now if emit else None, now)
-        if not emit:
-            return []
-        event = insight_event(user, aggregate.snapshot(now))
-        return [event_record(self.serde, self.insights_topic, event)]
+        added = [aggregate.add_email(email) for email in emails]
+        # Redelivered messages change nothing: no new version, no new emission.
+        return aggregate.to_json() if any(added) else None
+
+    return fold

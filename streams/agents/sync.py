@@ -75,16 +75,32 @@ class SyncStage:
         return JobRef(request.user_id, request.sync_id, batch_id=request.sync_id)
 
     async def process(self, records: Sequence[Record]) -> list[Outcome]:
-        """Sync each request in order; one user's failure fails only its own request."""
-        outcomes = []
-        for request in self.requests.decode_each(records):
+        """Sync each user once per batch; one user's failure fails only its own requests.
+
+        Requests of one user in a batch are coalesced into the first (full if any was full):
+        the checkpoint of one is only written after the batch is published, so a second listing
+        would start from stale state and emit the same messages again.
+        """
+        decoded = self.requests.decode_each(records)
+        outcomes: list[Outcome] = [Outcome() for _ in records]
+        first: dict[str, int] = {}
+        for index, request in enumerate(decoded):
             if isinstance(request, Exception):
-                outcomes.append(Outcome(error=request))
-                continue
+                outcomes[index] = Outcome(error=request)
+            elif request.user_id in first:
+                lead = decoded[first[request.user_id]]
+                outcomes[index] = Outcome(note=f"coalesced into sync {lead.sync_id}")  # type: ignore[union-attr]
+            else:
+                first[request.user_id] = index
+        for user, index in first.items():
+            request = decoded[index]
+            full = any(
+                not isinstance(r, Exception) and r.user_id == user and r.full for r in decoded
+            )
             try:
-                outcomes.append(await self._sync(request))
+                outcomes[index] = await self._sync(request.model_copy(update={"full": full}))  # type: ignore[union-attr]
             except Exception as exc:  # noqa: BLE001 - routed by the runner
-                outcomes.append(Outcome(error=exc))
+                outcomes[index] = Outcome(error=exc)
         return outcomes
 
     async def _sync(self, request: SyncRequested) -> Outcome:

@@ -377,7 +377,7 @@ async def test_retry_relay_runs_a_redriven_record_as_its_next_attempt(
     stop = asyncio.Event()
 
     class Recorder:  # stands in for the stage's StageRunner: records what the relay runs
-        async def run(self, records: Sequence[Record]) -> None:
+        async def run_until_done(self, records: Sequence[Record]) -> None:
             ran.extend(records)
             stop.set()
 
