@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -174,3 +175,5 @@ def running_pipeline(
         yield Pipeline(settings, catalogue, emulator, workers, database_url, logs)
     finally:
         workers.stop()
+    # Reached only when the tests passed: a failure keeps the worker logs for reading.
+    shutil.rmtree(logs, ignore_errors=True)
