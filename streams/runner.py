@@ -14,7 +14,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from itertools import groupby
 
 from aiokafka import AIOKafkaProducer
@@ -96,17 +95,6 @@ class Publisher:
         await asyncio.gather(*await self.send(records))
 
 
-@dataclass
-class RunnerStats:
-    """Counters a worker exposes as metrics and the main job prints."""
-
-    processed: int = 0
-    succeeded: int = 0
-    retried: int = 0
-    dead: int = 0
-    by_class: dict[str, int] = field(default_factory=dict)
-
-
 class StageRunner:
     """Runs one stage for one consumer group; shared by the live agent and the retry relay."""
 
@@ -131,7 +119,6 @@ class StageRunner:
         self.policy = policy or RetryPolicy.default()
         self.clock = clock
         self.ladder = [Tier(t.topic.name, float(t.delay_seconds)) for t in group.retry_tiers]
-        self.stats = RunnerStats()
 
     async def run(self, records: Sequence[Record]) -> None:
         """Process records (any partitions), keeping each partition's order; publish the results.
@@ -273,9 +260,7 @@ class StageRunner:
         self, record: Record, ref: JobRef | None, attempt: int, outcome: Outcome
     ) -> list[Outgoing]:
         now = self.clock()
-        self.stats.processed += 1
         if outcome.error is None:
-            self.stats.succeeded += 1
             self.metrics.records.labels(self.group.group_id, self.stage.name, "done").inc()
             follow = list(outcome.outputs)
             follow += [
@@ -298,13 +283,6 @@ class StageRunner:
             now=now,
             policy=self.policy,
         )
-        self.stats.by_class[failure.retry_class.value] = (
-            self.stats.by_class.get(failure.retry_class.value, 0) + 1
-        )
-        if decision.dead:
-            self.stats.dead += 1
-        else:
-            self.stats.retried += 1
         labels = (self.group.group_id, self.stage.name)
         self.metrics.records.labels(*labels, "dead" if decision.dead else "retry").inc()
         self.metrics.failures.labels(*labels, failure.retry_class.value).inc()
