@@ -29,9 +29,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from devstack.gmail_emulator.generator import generate_messages
-from schemas.models import EmailNormalized, GmailMessageFetched
+from schemas.models import GmailMessageFetched
 from schemas.serde import decode, encode
-from streams.mime import normalize_message
+from streams.mime import normalized_event
 from streams.settings import Settings
 from topics.admin import ensure_topics
 from topics.catalogue import Catalogue, build_catalogue
@@ -120,25 +120,13 @@ async def _naive_peer(bootstrap: str, source: str, target: str, count: int, grou
         for _ in range(count):
             record = await consumer.getone()
             fetched = decode(record.value or b"", GmailMessageFetched)
-            normalized = _normalized(fetched)
+            normalized = normalized_event(fetched, datetime.now(UTC))
             await producer.send_and_wait(target, encode(normalized), key=record.key)
             tp = TopicPartition(record.topic, record.partition)
             await consumer.commit({tp: record.offset + 1})
     finally:
         await producer.stop()
         await consumer.stop()
-
-
-def _normalized(fetched: GmailMessageFetched) -> EmailNormalized:
-    parsed = normalize_message(
-        fetched.raw,
-        message_id=fetched.message_id,
-        thread_id=fetched.thread_id,
-        label_ids=fetched.label_ids,
-        size_estimate=fetched.size_estimate,
-    )
-    fields = {**parsed.as_event_fields(), "user_id": fetched.user_id, "sync_id": fetched.sync_id}
-    return EmailNormalized.model_validate({**fields, "normalized_at": datetime.now(UTC)})
 
 
 def _rate(count: int, arrivals: list[float]) -> float:

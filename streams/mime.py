@@ -27,6 +27,7 @@ from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any, TypeVar
 
+from schemas.models import EmailNormalized, GmailMessageFetched
 from streams.html_text import html_to_text
 
 __all__ = [
@@ -194,6 +195,19 @@ def normalize_message(
         in_reply_to=_first_msg_id(_header_text(msg, "in-reply-to")),
         references=_msg_ids(_header_text(msg, "references")),
     )
+
+
+def normalized_event(fetched: GmailMessageFetched, now: datetime) -> EmailNormalized:
+    """Return the EmailNormalized event of a fetched message (pure; ``now`` stamps it)."""
+    parsed = normalize_message(
+        fetched.raw,
+        message_id=fetched.message_id,
+        thread_id=fetched.thread_id,
+        label_ids=fetched.label_ids,
+        size_estimate=fetched.size_estimate,
+    )
+    fields = {**parsed.as_event_fields(), "user_id": fetched.user_id, "sync_id": fetched.sync_id}
+    return EmailNormalized.model_validate({**fields, "normalized_at": now})
 
 
 def make_snippet(text: str, limit: int = SNIPPET_CHARS) -> str:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from schemas.models import EmailNormalized, GmailMessageFetched, JobKind
+from schemas.models import GmailMessageFetched, JobKind
 from schemas.serde import Serde
 from streams.agents.base import Decoder, event_record, utc_now
-from streams.mime import normalize_message
+from streams.mime import normalized_event
 from streams.stage import JobRef, Outcome, Record
 
 DOWNSTREAM_KINDS = (JobKind.EXTRACT_CONTACTS, JobKind.EMBED, JobKind.INSIGHT)
@@ -62,21 +62,7 @@ class NormalizeStage:
         return outcomes
 
     def _normalize(self, fetched: GmailMessageFetched) -> Outcome:
-        parsed = normalize_message(
-            fetched.raw,
-            message_id=fetched.message_id,
-            thread_id=fetched.thread_id,
-            label_ids=fetched.label_ids,
-            size_estimate=fetched.size_estimate,
-        )
-        normalized = EmailNormalized.model_validate(
-            {
-                **parsed.as_event_fields(),
-                "user_id": fetched.user_id,
-                "sync_id": fetched.sync_id,
-                "normalized_at": utc_now(self.clock),
-            }
-        )
+        normalized = normalized_event(fetched, utc_now(self.clock))
         ref = JobRef(fetched.user_id, fetched.message_id, batch_id=fetched.sync_id)
         return Outcome(
             outputs=[event_record(self.serde, self.normalized_topic, normalized)],
