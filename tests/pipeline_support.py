@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from psycopg import sql
 
+from devstack.embedding_emulator import EmbeddingEmulator
 from devstack.gmail_emulator.server import GmailEmulator
 from devstack.stack import Stack
 from schemas.models import Event
@@ -93,6 +94,18 @@ class Pipeline:
         """Rows of a query on the pipeline's database."""
         with psycopg.connect(self.database_url) as conn:
             return list(conn.execute(statement, params))  # type: ignore[arg-type]
+
+
+def emulated_embeddings_env(
+    api: EmbeddingEmulator, model: str = "emulated-embed"
+) -> dict[str, str]:
+    """Worker settings that embed through ``api`` (an OpenAI-compatible emulator)."""
+    return {
+        "INBOXFLOW_EMBEDDING_PROVIDER": "openai",
+        "INBOXFLOW_EMBEDDING_API_URL": api.url,
+        "INBOXFLOW_EMBEDDING_MODEL": model,
+        "INBOXFLOW_EMBEDDING_DIMENSION": str(api.dimension),
+    }
 
 
 async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:

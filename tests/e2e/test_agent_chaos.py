@@ -18,7 +18,7 @@ from devstack.stack import Stack
 from schemas.models import EmailNormalized
 from tests.e2e.test_pipeline import expected_contacts, listed_ids, new_user, raw_of
 from tests.helpers import wait_until
-from tests.pipeline_support import running_pipeline
+from tests.pipeline_support import emulated_embeddings_env, running_pipeline
 
 pytestmark = pytest.mark.chaos
 
@@ -39,10 +39,7 @@ def test_kill_9_of_agents_mid_stream_loses_and_doubles_nothing(
     env = {
         "INBOXFLOW_SESSION_TIMEOUT_SECONDS": "6",
         "INBOXFLOW_BATCH_SIZE": "10",
-        "INBOXFLOW_EMBEDDING_PROVIDER": "openai",
-        "INBOXFLOW_EMBEDDING_API_URL": embedding_api.url,
-        "INBOXFLOW_EMBEDDING_MODEL": "chaos-embed",
-        "INBOXFLOW_EMBEDDING_DIMENSION": "32",
+        **emulated_embeddings_env(embedding_api, "chaos-embed"),
     }
     try:
         users = [new_user(emulator, 60, seed=101), new_user(emulator, 60, seed=102)]

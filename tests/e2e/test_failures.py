@@ -25,7 +25,7 @@ from schemas.serde import decode
 from streams.stage import Outgoing
 from tests.e2e.test_pipeline import new_user
 from tests.helpers import wait_until
-from tests.pipeline_support import Pipeline, running_pipeline
+from tests.pipeline_support import Pipeline, emulated_embeddings_env, running_pipeline
 from topics import headers as h
 from topics.dlq import redrive
 
@@ -73,12 +73,7 @@ def gmail_pipeline(
 ) -> Iterator[Pipeline]:
     # The emulated embedding API keeps the CPU for the Gmail side; the local model has its own
     # end-to-end test in test_pipeline.py.
-    env = {
-        "INBOXFLOW_EMBEDDING_PROVIDER": "openai",
-        "INBOXFLOW_EMBEDDING_API_URL": embedding_api.url,
-        "INBOXFLOW_EMBEDDING_MODEL": "emulated-embed",
-        "INBOXFLOW_EMBEDDING_DIMENSION": "64",
-    }
+    env = emulated_embeddings_env(embedding_api)
     with running_pipeline(stack, faulty_gmail, env=env, retry_ladders=LADDERS) as running:
         yield running
 
@@ -204,10 +199,7 @@ def embed_pipeline(
     stack: Stack, plain_gmail: GmailEmulator, embedding_api: EmbeddingEmulator, metrics_base: int
 ) -> Iterator[Pipeline]:
     env = {
-        "INBOXFLOW_EMBEDDING_PROVIDER": "openai",
-        "INBOXFLOW_EMBEDDING_API_URL": embedding_api.url,
-        "INBOXFLOW_EMBEDDING_MODEL": "emulated-embed",
-        "INBOXFLOW_EMBEDDING_DIMENSION": "64",
+        **emulated_embeddings_env(embedding_api),
         "INBOXFLOW_TIMEOUTS__EMBED": "2",
         "INBOXFLOW_METRICS_PORT": str(metrics_base),
     }
