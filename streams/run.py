@@ -50,8 +50,11 @@ MESSAGE_KINDS = ("normalize_google_email", "extract_contacts", "embed", "insight
 @contextmanager
 def running_stack(settings: Settings) -> Iterator[Stack]:
     """Yield a stack for this command; stop what was started, even on SIGTERM or Ctrl-C."""
-    external_db = settings.database_url.get_secret_value() if _given("DATABASE_URL") else None
-    external_kafka = settings.kafka_bootstrap_servers if _given("KAFKA_BOOTSTRAP_SERVERS") else None
+    given = settings.model_fields_set  # what the environment set, as opposed to defaults
+    external_db = settings.database_url.get_secret_value() if "database_url" in given else None
+    external_kafka = (
+        settings.kafka_bootstrap_servers if "kafka_bootstrap_servers" in given else None
+    )
     try:
         stack = start_stack(
             kafka_bootstrap=external_kafka,
@@ -69,10 +72,6 @@ def running_stack(settings: Settings) -> Iterator[Stack]:
     finally:
         signal.signal(signal.SIGTERM, previous)
         stack.stop()
-
-
-def _given(name: str) -> bool:
-    return bool(os.environ.get(name) or os.environ.get(f"INBOXFLOW_{name}"))
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -265,7 +264,7 @@ def run(
     as_json: bool,
 ) -> None:
     """Run the main job end to end on the local stack and print a summary."""
-    external = _given("KAFKA_BOOTSTRAP_SERVERS") and _given("DATABASE_URL")
+    external = {"kafka_bootstrap_servers", "database_url"} <= settings.model_fields_set
     run_id = time.strftime("%Y%m%d%H%M%S")
     # On services someone else keeps, a run gets its own topics and mailboxes, left for
     # inspection; a fresh local stack uses the plain names.
