@@ -34,9 +34,11 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError, KafkaError
 from psycopg.rows import TupleRow
 
-from schemas.errors import PermanentError, RetryClass
+from schemas import headers as h
+from schemas.errors import Failure, PermanentError, RetryClass
 from sinks.metrics import SinkMetrics
 from sinks.offsets import FROM_BEGINNING, StaleOffsetError, advance_offsets, load_offsets
+from topics.kafka import KafkaClients
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +50,6 @@ RowT_co = TypeVar("RowT_co", covariant=True)
 # Postgres refused a row (constraint, encoding): that record is bad, not the database.
 REJECTED_ROW_ERRORS = (psycopg.DataError, psycopg.IntegrityError)
 
-# Context headers added to a dead letter; the record's own headers come first, untouched.
-# Same keys as topics.headers (sinks must not import topics; a unit test keeps them equal).
-HEADER_ORIGINAL_TOPIC = "x-original-topic"
-HEADER_ORIGINAL_PARTITION = "x-original-partition"
-HEADER_ORIGINAL_OFFSET = "x-original-offset"
-HEADER_ORIGINAL_TIMESTAMP = "x-original-timestamp"
-HEADER_ORIGINAL_TIMESTAMP_TYPE = "x-original-timestamp-type"
-HEADER_ORIGINAL_GROUP = "x-original-consumer-group"
-HEADER_EXCEPTION_CLASS = "x-exception-class"
-HEADER_EXCEPTION_MESSAGE = "x-exception-message"
-HEADER_ERROR_CLASS = "x-error-class"
-HEADER_STAGE = "x-stage"
-HEADER_HANDLER = "x-handler"
-_MAX_MESSAGE_BYTES = 1024
 _TIMESTAMP_TYPES = {0: "CreateTime", 1: "LogAppendTime"}
 
 
@@ -97,7 +85,7 @@ class SinkConfig:
     """Where a sink reads and writes and how it batches; explicit values, never env.
 
     Arguments:
-        bootstrap_servers: Kafka bootstrap servers.
+        kafka: builds the sink's consumer and dead-letter producer.
         conninfo: libpq URL of the database holding the tables and ``sink_offsets``.
         group_id: consumer group, also the key of the stored offsets.
         dlq_topic: dead-letter topic for records that cannot be decoded or written.
@@ -109,10 +97,9 @@ class SinkConfig:
         group_instance_id: static group membership (e.g. the pod name): a restarted process
             with the same id gets its partitions back at once, without a rebalance of the
             group. Never give two running processes the same id.
-        client_id: client id sent to the broker, shown in its logs.
     """
 
-    bootstrap_servers: str
+    kafka: KafkaClients
     conninfo: str
     group_id: str
     dlq_topic: str
@@ -122,7 +109,6 @@ class SinkConfig:
     backoff_max: float = 5.0
     idle_poll_seconds: float = 0.5
     group_instance_id: str | None = None
-    client_id: str = "inboxflow-sink"
 
 
 def backoff_delay(attempt: int, initial: float, cap: float) -> float:
@@ -182,20 +168,10 @@ class PostgresSink:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume and write until ``stop`` is set; the batch in progress finishes first."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._config.bootstrap_servers,
-            group_id=self._config.group_id,
-            client_id=self._config.client_id,
-            group_instance_id=self._config.group_instance_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        consumer = self._config.kafka.consumer(
+            group_id=self._config.group_id, group_instance_id=self._config.group_instance_id
         )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._config.bootstrap_servers,
-            client_id=self._config.client_id,
-            acks="all",
-            enable_idempotence=True,
-        )
+        producer = self._config.kafka.producer()
         consumer.subscribe(topics=sorted(self._writers), listener=_Rebalance(self))
         self._consumer, self._producer = consumer, producer
         await producer.start()
@@ -495,20 +471,15 @@ def dead_letter_headers(
     record: Record, exc: BaseException, group_id: str
 ) -> list[tuple[str, bytes]]:
     """Return the record's headers unchanged followed by the context headers of a dead letter."""
-    message = str(exc).encode()[:_MAX_MESSAGE_BYTES].decode(errors="ignore").encode()
-    context = {
-        HEADER_ORIGINAL_TOPIC: record.topic,
-        HEADER_ORIGINAL_PARTITION: str(record.partition),
-        HEADER_ORIGINAL_OFFSET: str(record.offset),
-        HEADER_ORIGINAL_TIMESTAMP: str(record.timestamp),
-        HEADER_ORIGINAL_TIMESTAMP_TYPE: _TIMESTAMP_TYPES.get(record.timestamp_type, "unknown"),
-        HEADER_ORIGINAL_GROUP: group_id,
-        HEADER_EXCEPTION_CLASS: f"{type(exc).__module__}.{type(exc).__qualname__}",
-        HEADER_ERROR_CLASS: str(RetryClass.PERMANENT),
-        HEADER_STAGE: "sink",
-        HEADER_HANDLER: group_id,
-    }
-    headers = list(record.headers)
-    headers.extend((key, value.encode()) for key, value in context.items())
-    headers.append((HEADER_EXCEPTION_MESSAGE, message))
-    return headers
+    timestamp_type = _TIMESTAMP_TYPES.get(record.timestamp_type, "unknown")
+    origin = h.Origin(
+        record.topic, record.partition, record.offset, record.timestamp, group_id, timestamp_type
+    )
+    failure = Failure(RetryClass.PERMANENT, str(exc))
+    return [
+        *record.headers,
+        *h.origin_headers(origin),
+        *h.error_headers(
+            failure, stage="sink", handler=group_id, exception_class=h.qualified_name(exc)
+        ),
+    ]

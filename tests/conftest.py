@@ -20,9 +20,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from db.migrate import apply_migrations
 from devstack.postgres import PostgresServer
 from devstack.stack import Stack, start_stack
-from sinks.migrate import apply_migrations
 
 TEMPLATE_DATABASE = "inboxflow_template"
 _ENV_PREFIXES = ("INBOXFLOW_",)

@@ -23,13 +23,12 @@ from psycopg import sql
 from devstack.embedding_emulator import EmbeddingEmulator
 from devstack.gmail_emulator.server import GmailEmulator
 from devstack.stack import Stack
+from inboxflow.progress import TERMINAL, job_counts
+from inboxflow.settings import Settings
+from inboxflow.supervisor import ProcessGroup, start_all
+from inboxflow.wiring import catalogue_from, request_syncs
 from schemas.models import Event
 from schemas.serde import decode
-from streams.agents import catalogue_from
-from streams.observe import TERMINAL, job_counts
-from streams.pipeline_cli import request_syncs
-from streams.settings import Settings
-from streams.supervisor import ProcessGroup, start_all
 from tests.conftest import TEMPLATE_DATABASE, _with_database
 from tests.helpers import wait_until
 from topics.admin import ensure_topics

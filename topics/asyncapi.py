@@ -15,10 +15,10 @@ import json
 import re
 from typing import Any
 
+from schemas import headers
 from schemas.examples import example_events
 from schemas.models import Event
 from schemas.store import load_current_schema
-from topics import headers
 from topics.catalogue import Catalogue, ConsumerGroup, TopicSpec
 
 ASYNCAPI_VERSION = "3.0.0"
@@ -145,7 +145,7 @@ def _group_operations(catalogue: Catalogue, group: ConsumerGroup) -> dict[str, d
     main, relay = group.group_id, group.retry_group_id
     routes = [(main, "receive", spec) for spec in group.sources]
     routes += [(main, "send", spec) for spec in group.produces]
-    routes += [(relay, "receive", tier.topic) for tier in group.retry_tiers]
+    routes += [(relay, "receive", tier) for tier in group.retry_topics]
     routes += [(main, "send", spec) for spec in group.failure_topics]
     return {
         f"{group.agent}-{action}-{_channel_id(catalogue, spec)}": _operation(

@@ -15,7 +15,7 @@ Naming (also in ``docs/topics.md``):
 
 Every event topic is keyed by the user id (UTF-8), so one user's events stay in order on one
 partition; its value is the Avro record named in ``value_schema``. Retry and dead-letter topics
-carry the failed record's key and value bytes unchanged, plus ``topics.headers``.
+carry the failed record's key and value bytes unchanged, plus ``schemas.headers``.
 
 Pure: builds data, talks to nothing (``topics.admin`` applies it).
 """
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from schemas.errors import RetryTier
 from schemas.models import (
     ContactExtracted,
     EmailEmbedded,
@@ -94,14 +95,6 @@ class TopicSpec:
 
 
 @dataclass(frozen=True)
-class RetryTier:
-    """One step of a retry ladder: records wait ``delay_seconds`` after a failure, then retry."""
-
-    delay_seconds: int
-    topic: TopicSpec
-
-
-@dataclass(frozen=True)
 class ConsumerGroup:
     """One consumer group (= faust app id): what it reads, writes, and where failures go."""
 
@@ -110,8 +103,17 @@ class ConsumerGroup:
     description: str
     sources: tuple[TopicSpec, ...]
     produces: tuple[TopicSpec, ...]
-    retry_tiers: tuple[RetryTier, ...]
+    retry_topics: tuple[TopicSpec, ...]  # the ladder's topics, shortest delay first
+    retry_delays: tuple[int, ...]  # seconds, one per retry topic
     dlq: TopicSpec
+
+    @property
+    def retry_tiers(self) -> tuple[RetryTier, ...]:
+        """Return the retry ladder as ``schemas.errors`` decides on it."""
+        return tuple(
+            RetryTier(spec.name, delay)
+            for spec, delay in zip(self.retry_topics, self.retry_delays, strict=True)
+        )
 
     @property
     def retry_group_id(self) -> str:
@@ -119,25 +121,9 @@ class ConsumerGroup:
         return f"{self.group_id}-retry"
 
     @property
-    def max_attempts(self) -> int:
-        """Return how many times a record is tried before it goes to the dead-letter topic."""
-        return 1 + len(self.retry_tiers)
-
-    def destination_after_failure(self, attempts: int) -> TopicSpec:
-        """Return where a record goes after its ``attempts``-th failed attempt (1-based).
-
-        Attempt 1 failed -> first tier, ..., the last tier failed -> the dead-letter topic. Pure.
-        """
-        if attempts < 1:
-            raise ValueError(f"attempts counts failures from 1, got {attempts}")
-        if attempts <= len(self.retry_tiers):
-            return self.retry_tiers[attempts - 1].topic
-        return self.dlq
-
-    @property
     def failure_topics(self) -> tuple[TopicSpec, ...]:
         """Return the group's retry tiers then its dead-letter topic."""
-        return (*(tier.topic for tier in self.retry_tiers), self.dlq)
+        return (*self.retry_topics, self.dlq)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready description (``topics describe --json``)."""
@@ -148,12 +134,11 @@ class ConsumerGroup:
             "sources": [t.name for t in self.sources],
             "produces": [t.name for t in self.produces],
             "retry_ladder": [
-                {"delay_seconds": tier.delay_seconds, "topic": tier.topic.name}
+                {"delay_seconds": tier.delay_seconds, "topic": tier.topic}
                 for tier in self.retry_tiers
             ],
             "retry_group_id": self.retry_group_id,
             "dlq": self.dlq.name,
-            "max_attempts": self.max_attempts,
         }
 
 
@@ -441,19 +426,16 @@ def _consumer_group(
 ) -> ConsumerGroup:
     sources = tuple(events[name] for name in plan.sources)
     partitions = max(s.partitions for s in sources)  # so a tier can keep the partition number
-    tiers = tuple(
-        RetryTier(
-            delay,
-            TopicSpec(
-                name=f"{namespace}.{plan.agent}.retry.{delay_label(delay)}",
-                role=TopicRole.RETRY,
-                partitions=partitions,
-                replication=replication,
-                configs=_failure_configs(
-                    sources, replication, (delay + RETRY_RETENTION_MARGIN_DAYS * 86400) * 1000
-                ),
-                description=f"Records {plan.agent} failed, retried {delay_label(delay)} later.",
+    retry_topics = tuple(
+        TopicSpec(
+            name=f"{namespace}.{plan.agent}.retry.{delay_label(delay)}",
+            role=TopicRole.RETRY,
+            partitions=partitions,
+            replication=replication,
+            configs=_failure_configs(
+                sources, replication, (delay + RETRY_RETENTION_MARGIN_DAYS * 86400) * 1000
             ),
+            description=f"Records {plan.agent} failed, retried {delay_label(delay)} later.",
         )
         for delay in ladder
     )
@@ -471,7 +453,8 @@ def _consumer_group(
         description=plan.description,
         sources=sources,
         produces=tuple(events[name] for name in plan.produces),
-        retry_tiers=tiers,
+        retry_topics=retry_topics,
+        retry_delays=tuple(ladder),
         dlq=dlq,
     )
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from streams.cli import cli
+from inboxflow.cli import cli
 
 
 @pytest.mark.benchmark

@@ -20,7 +20,7 @@ def inboxflow(
     *args: str, env: dict[str, str], timeout: float = 240
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "streams", *args],
+        [sys.executable, "-m", "inboxflow", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,

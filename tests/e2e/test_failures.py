@@ -20,14 +20,14 @@ from devstack.gmail_emulator.mailbox import ListQuery
 from devstack.gmail_emulator.server import GmailEmulator
 from devstack.processes import free_port
 from devstack.stack import Stack
+from ops.dlq import redrive
+from schemas import headers as h
 from schemas.models import EmailNormalized, JobStateChanged, MessageDiscovered
 from schemas.serde import decode
-from streams.stage import Outgoing
+from streams.runtime.stage import Outgoing
 from tests.e2e.test_pipeline import new_user
 from tests.helpers import wait_until
 from tests.pipeline_support import Pipeline, emulated_embeddings_env, running_pipeline
-from topics import headers as h
-from topics.dlq import redrive
 
 LADDERS = {agent: [1, 2, 4] for agent in ("sync", "normalize", "extract", "embed", "insight")}
 EMBED_AGENT_INDEX = 3  # position of `embed` among the worker processes (metrics port offset)
@@ -110,7 +110,7 @@ def assert_no_retry_ran_early(pipeline: Pipeline) -> None:
     }
     for group in pipeline.catalogue.groups:
         for tier in group.retry_tiers:
-            for record in pipeline.read(tier.topic.name):
+            for record in pipeline.read(tier.topic):
                 headers = list(record.headers)
                 due = h.header_int(headers, h.DUE_TIMESTAMP)
                 attempts = h.header_int(headers, h.ATTEMPTS)
@@ -168,7 +168,7 @@ def test_poison_record_lands_in_the_dead_letter_topic_while_the_rest_flows(
 
 
 async def publish(pipeline: Pipeline, record: Outgoing) -> None:
-    from streams.runner import Publisher
+    from streams.runtime.runner import Publisher
 
     publisher = Publisher(pipeline.settings.kafka_bootstrap_servers)
     try:

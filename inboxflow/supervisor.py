@@ -1,0 +1,116 @@
+"""Run consumer groups as processes: one faust worker per agent, one process per sink.
+
+``inboxflow worker --agent normalize`` runs one group in this process (what a deployment scales
+by replicas). ``inboxflow worker`` with no agent starts every group and both sinks as child
+processes and stops them together, for single-machine deployments and the main job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faust
+from prometheus_client import start_http_server
+
+from inboxflow.settings import Settings
+from inboxflow.wiring import AGENTS, build_worker
+
+log = logging.getLogger(__name__)
+
+SINKS = ("jobs", "contacts")
+
+
+def run_agent(agent: str, settings: Settings, *, loglevel: str = "WARNING") -> None:
+    """Run one consumer group's faust worker in this process until SIGTERM or Ctrl-C."""
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1")
+    app = build_worker(agent, settings)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "inboxflow", *args]
+
+
+@dataclass
+class ProcessGroup:
+    """Child processes started together and stopped together."""
+
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    launches: dict[str, tuple[list[str], dict[str, str], Path | None]] = field(default_factory=dict)
+
+    def start(
+        self, name: str, argv: Sequence[str], *, env: Mapping[str, str], log_dir: Path | None
+    ) -> None:
+        """Start a child in its own session, its output in ``log_dir/<name>.log`` if given."""
+        self.launches[name] = (list(argv), dict(env), log_dir)
+        out = (log_dir / f"{name}.log").open("ab") if log_dir else None
+        self.processes[name] = subprocess.Popen(  # noqa: S603 - our own command line
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
+        if out:
+            out.close()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a child and its process group (no cleanup runs: a crash)."""
+        process = self.processes[name]
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def restart(self, name: str) -> None:
+        """Start a child again with the command line and environment it was started with."""
+        argv, env, log_dir = self.launches[name]
+        self.start(name, argv, env=env, log_dir=log_dir)
+
+    def exited(self) -> dict[str, int]:
+        """Return children that have exited, with their codes."""
+        return {
+            name: code
+            for name, process in self.processes.items()
+            if (code := process.poll()) is not None
+        }
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM every child, then SIGKILL those that outlive ``timeout``."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for name, process in self.processes.items():
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("worker %s did not stop in %.0fs; killing it", name, timeout)
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+def start_all(
+    env: Mapping[str, str],
+    *,
+    agents: Sequence[str] = AGENTS,
+    sinks: Sequence[str] = SINKS,
+    log_dir: Path | None = None,
+) -> ProcessGroup:
+    """Start every agent and sink as a child process with ``env``."""
+    group = ProcessGroup()
+    base_port = int(env.get("INBOXFLOW_METRICS_PORT", "0") or 0)
+    names = [(f"agent-{a}", _command("worker", "--agent", a)) for a in agents]
+    names += [(f"sink-{s}", _command("sink", s)) for s in sinks]
+    for index, (name, argv) in enumerate(names):
+        # Each process serves its own metrics: the base port plus its index.
+        port = str(base_port + index) if base_port else "0"
+        group.start(name, argv, env={**env, "INBOXFLOW_METRICS_PORT": port}, log_dir=log_dir)
+    return group

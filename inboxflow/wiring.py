@@ -1,0 +1,219 @@
+"""The composition root: everything a process runs is built here from ``Settings``, once.
+
+Open this module first to see how the parts fit: the topic catalogue, the Kafka clients, the
+serde, the Gmail client and the embedding provider are made from the settings, then each
+consumer group's stages, then its faust worker. Consumer group ``sync`` runs two stages (listing
+and fetching, so one process owns a user's Gmail quota); every other group runs one.
+``build_stages`` maps each source topic to its stage.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import faust
+
+from db.agent_state import AgentState
+from inboxflow.settings import Settings
+from schemas.models import SyncRequested
+from schemas.serde import Serde, serde_for
+from streams.runtime.publisher import KafkaPublisher
+from streams.runtime.stage import Stage
+from streams.runtime.worker import BatchConfig, build_worker_app
+from streams.stages.base import event_record
+from streams.stages.embed import EmbedStage
+from streams.stages.embedding import (
+    EmbeddingProvider,
+    LocalEmbeddingProvider,
+    OpenAIEmbeddingProvider,
+)
+from streams.stages.extract import ExtractStage
+from streams.stages.fetch import FetchStage
+from streams.stages.gmail.client import GmailClient, GmailClientConfig
+from streams.stages.insight import InsightStage
+from streams.stages.normalize import NormalizeStage
+from streams.stages.sync import SyncStage
+from topics.catalogue import Catalogue, build_catalogue
+from topics.kafka import KafkaClients
+
+AGENTS = ("sync", "normalize", "extract", "embed", "insight")
+
+
+def catalogue_from(settings: Settings, *, namespace: str | None = None) -> Catalogue:
+    """Return the topic catalogue the settings describe (``namespace`` overrides theirs)."""
+    return build_catalogue(
+        namespace or settings.topic_namespace,
+        partitions=settings.topic_partitions,
+        replication=settings.topic_replication,
+        retry_ladders=settings.retry_ladders,
+    )
+
+
+def kafka_from(settings: Settings, *, client_id: str = "inboxflow") -> KafkaClients:
+    """Return the builder of every Kafka client, for the configured cluster."""
+    return KafkaClients(settings.kafka_bootstrap_servers, client_id=client_id)
+
+
+def gmail_client_from(settings: Settings) -> GmailClient:
+    """Return a Gmail client configured by the settings (the emulator's URL on the local stack)."""
+    window = settings.gmail_quota_window_seconds
+    return GmailClient(
+        GmailClientConfig(
+            api_root=settings.gmail_api_root,
+            cost_table=settings.gmail_quota_table,
+            user_units_per_window=int(settings.gmail_user_units_per_minute * window / 60),
+            window_seconds=window,
+            credentials_dir=settings.gmail_credentials_dir,
+        )
+    )
+
+
+def embedding_provider_from(settings: Settings) -> EmbeddingProvider:
+    """Return the configured embedding provider."""
+    if settings.embedding_provider == "openai":
+        return OpenAIEmbeddingProvider(
+            base_url=settings.embedding_api_url,
+            model=settings.embedding_model,
+            dimension=settings.embedding_dimension,
+            api_key=settings.embedding_api_key.get_secret_value() or None,
+        )
+    return LocalEmbeddingProvider()
+
+
+@dataclass
+class Resources:
+    """Clients a worker's stages share; created lazily so a group builds only what it needs."""
+
+    settings: Settings
+    serde: Serde
+    _gmail: GmailClient | None = None
+    _state: AgentState | None = None
+    _embedder: EmbeddingProvider | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Resources:
+        """Return resources for these settings."""
+        return cls(settings, serde_for(settings.schema_registry_url))
+
+    @property
+    def gmail(self) -> GmailClient:
+        """The Gmail client (one limiter per user)."""
+        if self._gmail is None:
+            self._gmail = gmail_client_from(self.settings)
+        return self._gmail
+
+    @property
+    def state(self) -> AgentState:
+        """Agent state in Postgres."""
+        if self._state is None:
+            self._state = AgentState(self.settings.database_url.get_secret_value())
+        return self._state
+
+    async def close(self) -> None:
+        """Release the clients that were created (thread pools, connections, HTTP sessions)."""
+        if self._gmail is not None:
+            self._gmail.close()
+        if self._state is not None:
+            await self._state.close()
+        closer = getattr(self._embedder, "aclose", None)
+        if closer is not None:
+            await closer()
+
+    @property
+    def embedder(self) -> EmbeddingProvider:
+        """The embedding provider."""
+        if self._embedder is None:
+            self._embedder = embedding_provider_from(self.settings)
+        return self._embedder
+
+
+def build_stages(agent: str, catalogue: Catalogue, resources: Resources) -> Mapping[str, Stage]:
+    """Return the stages of consumer group ``agent``, keyed by the topic each one reads."""
+    settings, serde, timeouts = resources.settings, resources.serde, resources.settings.timeouts
+    if agent == "sync":
+        return {
+            catalogue.sync_requested.name: SyncStage(
+                serde=serde,
+                gmail=resources.gmail,
+                state=resources.state,
+                discovered_topic=catalogue.message_discovered.name,
+                timeouts=timeouts,
+            ),
+            catalogue.message_discovered.name: FetchStage(
+                serde=serde,
+                gmail=resources.gmail,
+                fetched_topic=catalogue.message_fetched.name,
+                timeout=timeouts.normalize,
+            ),
+        }
+    if agent == "normalize":
+        stage: Stage = NormalizeStage(
+            serde=serde,
+            normalized_topic=catalogue.email_normalized.name,
+            timeout=timeouts.normalize,
+        )
+        return {catalogue.message_fetched.name: stage}
+    if agent == "extract":
+        stage = ExtractStage(
+            serde=serde, contacts_topic=catalogue.contact_extracted.name, timeout=timeouts.extract
+        )
+        return {catalogue.email_normalized.name: stage}
+    if agent == "embed":
+        stage = EmbedStage(
+            serde=serde,
+            provider=resources.embedder,
+            embedded_topic=catalogue.email_embedded.name,
+            timeout=timeouts.embed,
+        )
+        return {catalogue.email_normalized.name: stage}
+    if agent == "insight":
+        stage = InsightStage(
+            serde=serde,
+            state=resources.state,
+            insights_topic=catalogue.insight_produced.name,
+            timeout=timeouts.insight,
+            interval=timedelta(seconds=settings.insight_interval_seconds),
+        )
+        return {catalogue.email_normalized.name: stage}
+    raise ValueError(f"unknown agent {agent!r}; one of {', '.join(AGENTS)}")
+
+
+def build_worker(agent: str, settings: Settings) -> faust.App:
+    """Return the faust app of consumer group ``agent``: its stages, retry relay and publisher."""
+    catalogue = catalogue_from(settings)
+    resources = Resources.from_settings(settings)
+    group = catalogue.group(agent)
+    return build_worker_app(
+        catalogue=catalogue,
+        group=group,
+        stages=build_stages(agent, catalogue, resources),
+        kafka=kafka_from(settings, client_id=group.group_id),
+        batch=BatchConfig(settings.batch_size, settings.batch_wait),
+        session_timeout=settings.session_timeout_seconds,
+        on_stop=resources.close,
+    )
+
+
+async def request_syncs(settings: Settings, users: list[str], *, full: bool) -> list[str]:
+    """Produce one SyncRequested per user and wait until Kafka has them; return the sync ids."""
+    catalogue = catalogue_from(settings)
+    serde = serde_for(settings.schema_registry_url)
+    publisher = KafkaPublisher(kafka_from(settings, client_id="inboxflow-cli"))
+    sync_ids = [uuid.uuid4().hex for _ in users]
+    now = datetime.now(UTC)
+    records = [
+        event_record(
+            serde,
+            catalogue.sync_requested.name,
+            SyncRequested(user_id=user, sync_id=sync_id, full=full, requested_at=now),
+        )
+        for user, sync_id in zip(users, sync_ids, strict=True)
+    ]
+    try:
+        await publisher.publish(records)
+    finally:
+        await publisher.stop()
+    return sync_ids

@@ -1,0 +1,54 @@
+"""The faust App factory: one App per consumer group, configured for at-least-once safety.
+
+Only the App lives here; agents are made in ``streams/runtime/worker.py``. Names are never
+derived by faust: the app id is the consumer group named in the topic catalogue, and no
+``version=`` is set.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import faust
+
+from topics.kafka import KafkaClients
+
+
+def create_app(
+    app_id: str,
+    *,
+    kafka: KafkaClients,
+    commit_interval: float = 1.0,
+    session_timeout: float = 30.0,
+    **overrides: Any,
+) -> faust.App:
+    """Return a faust App for one consumer group.
+
+    Args:
+        app_id: the consumer group (``inboxflow-<agent>``); also faust's prefix for internal names.
+        kafka: the cluster's client settings.
+        commit_interval: seconds between offset commits; the duplicate window after a crash.
+        session_timeout: how long a crashed member keeps its partitions before they move.
+        overrides: other faust settings, for tests and tuning.
+    """
+    settings: dict[str, Any] = {
+        "broker": kafka.faust_brokers(),
+        # Consumer progress lives in Kafka; no tables, so no changelog recovery (faust bug #176).
+        "store": "memory://",
+        "topic_allow_declare": False,  # the catalogue creates topics, never faust
+        "topic_disable_leader": True,
+        "web_enabled": False,
+        "broker_commit_interval": commit_interval,
+        "broker_commit_every": 1000,
+        "broker_max_poll_records": 500,  # short polls keep heartbeats alive (robinhood#402)
+        "stream_buffer_maxsize": 4096,
+        "producer_linger": 0.005,
+        "producer_acks": -1,
+        "consumer_auto_offset_reset": "earliest",
+        "stream_processing_timeout": timedelta(minutes=6).total_seconds(),
+        "broker_session_timeout": session_timeout,
+        "broker_heartbeat_interval": min(3.0, session_timeout / 3),
+    }
+    settings.update(overrides)
+    return faust.App(app_id, **settings)

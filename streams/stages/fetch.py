@@ -1,0 +1,106 @@
+"""The fetch stage: MessageDiscovered in, GmailMessageFetched (raw RFC 822) out.
+
+Runs in the sync consumer group so one process owns a user's Gmail quota for both listing and
+fetching. Messages are fetched once, in planned batches; a message deleted in Gmail since it was
+listed is a clean outcome (its job ends done), not an error. The fetched payload goes to a topic
+kept forever, so every later stage can be replayed without calling Gmail again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from schemas.models import GmailMessageFetched, JobKind, MessageDiscovered
+from schemas.serde import Serde
+from streams.runtime.stage import JobRef, Outcome, Record
+from streams.stages.base import Decoder, event_record, gmail_breakers, utc_now
+from streams.stages.gmail.client import (
+    FetchedMessage,
+    FetchNeed,
+    GmailClient,
+    MessageGone,
+    MessageRef,
+)
+
+
+class FetchStage:
+    """Fetches discovered messages from Gmail, batched per user."""
+
+    name = "fetch"
+    kind = JobKind.NORMALIZE_GOOGLE_EMAIL
+    phase = 0  # normalize (phase 1) finishes the same job
+
+    def __init__(
+        self,
+        *,
+        serde: Serde,
+        gmail: GmailClient,
+        fetched_topic: str,
+        timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.discovered = Decoder(serde, MessageDiscovered)
+        self.serde = serde
+        self.gmail = gmail
+        self.fetched_topic = fetched_topic
+        self.timeout = timeout
+        self.clock = clock
+
+    def dependencies(self, records: Sequence[Record]) -> list[str]:
+        """Gmail overall and each user in the batch (records are keyed by user id)."""
+        return gmail_breakers(records)
+
+    def job_of(self, record: Record) -> JobRef:
+        """The message's normalize job (fetch is its first half)."""
+        event = self.discovered.decode(record)
+        return JobRef(event.user_id, event.message_id, batch_id=event.sync_id)
+
+    async def process(self, records: Sequence[Record]) -> list[Outcome]:
+        """Fetch every decodable record, one planned batch per user."""
+        decoded = self.discovered.decode_each(records)
+        outcomes: list[Outcome] = [Outcome() for _ in records]
+        by_user: dict[str, list[int]] = {}
+        for index, event in enumerate(decoded):
+            if isinstance(event, Exception):
+                outcomes[index] = Outcome(error=event)
+            else:
+                by_user.setdefault(event.user_id, []).append(index)
+        for user, indexes in by_user.items():
+            events = [decoded[i] for i in indexes]
+            for index, outcome in zip(indexes, await self._fetch(user, events), strict=True):  # type: ignore[arg-type]
+                outcomes[index] = outcome
+        return outcomes
+
+    async def _fetch(self, user: str, events: list[MessageDiscovered]) -> list[Outcome]:
+        refs = [MessageRef(e.message_id, e.thread_id or None) for e in events]
+        try:
+            results = await self.gmail.fetch_messages(user, refs, need=FetchNeed.RAW)
+        except Exception as exc:  # noqa: BLE001 - each message of the user fails alike
+            return [Outcome(error=exc) for _ in events]
+        return [self._outcome(event, results.get(event.message_id)) for event in events]
+
+    def _outcome(
+        self, event: MessageDiscovered, result: FetchedMessage | MessageGone | None
+    ) -> Outcome:
+        if isinstance(result, MessageGone):
+            return Outcome(note="deleted in Gmail since it was listed")
+        if result is None or result.raw is None:
+            return Outcome(error=RuntimeError(f"no raw payload for {event.message_id}"))
+        fetched = GmailMessageFetched(
+            user_id=event.user_id,
+            message_id=result.id,
+            thread_id=result.thread_id or event.thread_id,
+            sync_id=event.sync_id,
+            label_ids=list(result.label_ids),
+            history_id=int(result.history_id) if result.history_id else None,
+            internal_date=datetime.fromtimestamp(result.internal_date / 1000, UTC),
+            size_estimate=result.size_estimate,
+            snippet=result.snippet,
+            raw=result.raw,
+            fetched_at=utc_now(self.clock),
+        )
+        return Outcome(
+            outputs=[event_record(self.serde, self.fetched_topic, fetched)], finishes_job=False
+        )

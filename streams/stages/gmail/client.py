@@ -1,0 +1,571 @@
+"""Quota-aware asynchronous Gmail client: the only code that talks to the Gmail API.
+
+Built from the shipped discovery document with ``rootUrl`` set to the configured endpoint, so single
+calls and the batch endpoint both reach the emulator or Google (google-api-python-client ignores
+``api_endpoint`` for batches: googleapis/google-api-python-client#1107). Blocking calls run in a
+bounded thread pool with one ``httplib2.Http`` per thread and user (httplib2 is not thread-safe).
+Every call goes through the user's ``QuotaLimiter``; failures go through ``errors.classify``.
+
+Public API for the pipeline: ``get_profile``, ``get_history_id``, ``list_message_ids`` (full sync),
+``list_changes`` (incremental; ``StaleHistoryError`` on 404), ``fetch_messages`` (planner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import google_auth_httplib2
+import httplib2
+from google.auth.credentials import AnonymousCredentials, Credentials
+from googleapiclient.discovery import build_from_document
+
+from schemas.errors import InboxflowError, RetryClass, StaleHistoryError
+from streams.stages.gmail.costs import CostTable, CostTableName
+from streams.stages.gmail.errors import GmailFailure, classify, to_error
+from streams.stages.gmail.limiter import QuotaLimiter
+from streams.stages.gmail.payload import has_attachment_refs, rebuild_mime
+from streams.stages.gmail.planner import (
+    MAX_BATCH_PARTS,
+    FetchNeed,
+    MessageRef,
+    PlannedCall,
+    chunk_calls,
+    message_call,
+    plan_fetch,
+)
+
+log = logging.getLogger(__name__)
+Json = dict[str, Any]
+READONLY_SCOPE = "https://www.googleapis.com/auth/gmail.readonly"
+CONTACT_HEADERS = ("From", "To", "Cc", "Bcc", "Reply-To", "Date", "Subject", "Message-ID")
+HISTORY_TYPES = ("messageAdded", "messageDeleted", "labelAdded", "labelRemoved")
+
+__all__ = [
+    "FetchNeed", "FetchOutcome", "FetchedMessage", "GmailClient", "GmailClientConfig",
+    "HistoryChanges", "MessageGone", "MessageRef", "Profile",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GmailClientConfig:
+    """Client knobs; ``streams/cli.py`` fills them from ``Settings``.
+
+    Attributes:
+        api_root: discovery ``rootUrl``: Google or the emulator's ``.url``.
+        cost_table: ``"2026"`` or ``"legacy"`` units per method.
+        user_units_per_window: per-user ceiling; ``None`` = the table's per-minute value.
+        window_seconds: quota window (60 s; scale down with the units in tests).
+        max_concurrency: per-user sub-requests in flight (the adaptive limit's ceiling).
+        pool_size: threads running blocking calls (shared by all users).
+        batch_size: calls per batch request (at most 25).
+        request_timeout: socket timeout per HTTP request, seconds.
+        target_utilization: fraction of the ceiling the limiter aims at.
+        max_attempts: tries per call before the classified error is raised.
+        credentials_dir: folder of ``<user>.json`` authorized-user files; ``None`` = anonymous.
+    """
+
+    api_root: str = "https://gmail.googleapis.com/"
+    cost_table: CostTableName = "2026"
+    user_units_per_window: int | None = None
+    window_seconds: float = 60.0
+    max_concurrency: int = 40
+    pool_size: int = 8
+    batch_size: int = MAX_BATCH_PARTS
+    request_timeout: float = 60.0
+    target_utilization: float = 0.98
+    max_attempts: int = 8
+    credentials_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """``users.getProfile``."""
+
+    email_address: str
+    messages_total: int
+    threads_total: int
+    history_id: str
+
+
+@dataclass(frozen=True)
+class HistoryChanges:
+    """What changed since a history id, with the id to store for next time."""
+
+    added: list[MessageRef]
+    deleted: list[str]
+    labels_changed: list[str]
+    history_id: str
+
+
+@dataclass(frozen=True)
+class FetchedMessage:
+    """One fetched message.
+
+    ``raw`` is the RFC 822 message: the exact bytes Gmail stores when ``raw_exact``, an equivalent
+    rebuilt from ``threads.get?format=full`` otherwise, ``None`` for ``FetchNeed.HEADERS`` (then
+    ``headers`` holds the requested headers).
+    """
+
+    id: str
+    thread_id: str
+    label_ids: tuple[str, ...]
+    history_id: str
+    internal_date: int
+    size_estimate: int
+    snippet: str
+    raw: bytes | None
+    raw_exact: bool
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class MessageGone:
+    """The message no longer exists (404): deleted since it was listed. Not an error."""
+
+    id: str
+
+
+FetchOutcome = FetchedMessage | MessageGone
+
+
+@dataclass
+class ClientStats:
+    """What this client sent and saw (for benchmarks and logs)."""
+
+    units: int = 0
+    calls: Counter[str] = field(default_factory=Counter)
+    throttled: int = 0
+    retried: int = 0
+    batches: int = 0
+
+
+def _b64decode(value: str) -> bytes:
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+def _to_fetched(resource: Json, raw: bytes | None, exact: bool) -> FetchedMessage:
+    headers = resource.get("payload", {}).get("headers", []) if raw is None else []
+    return FetchedMessage(
+        id=resource["id"],
+        thread_id=resource.get("threadId", ""),
+        label_ids=tuple(resource.get("labelIds", [])),
+        history_id=str(resource.get("historyId", "")),
+        internal_date=int(resource.get("internalDate", 0)),
+        size_estimate=int(resource.get("sizeEstimate", 0)),
+        snippet=resource.get("snippet", ""),
+        raw=raw,
+        raw_exact=exact,
+        headers=tuple((h["name"], h["value"]) for h in headers),
+    )
+
+
+@dataclass
+class _Round:
+    """Outcome of one batch: new calls it made necessary, and calls that failed retryably."""
+
+    follow_ups: list[PlannedCall] = field(default_factory=list)
+    failed: list[tuple[PlannedCall, GmailFailure]] = field(default_factory=list)
+
+
+_RETRYABLE = (RetryClass.RATE_LIMIT, RetryClass.TRANSIENT, RetryClass.TIMEOUT)
+_MISSING_PART = GmailFailure(RetryClass.TRANSIENT, None, 0, "missingPart", "no response part")
+
+
+class GmailClient:
+    """Asynchronous, quota-aware Gmail client for many users (one limiter each)."""
+
+    def __init__(
+        self,
+        config: GmailClientConfig | None = None,
+        *,
+        credentials_for: Callable[[str], Credentials] | None = None,
+    ) -> None:
+        self.config = config or GmailClientConfig()
+        self.costs = CostTable(self.config.cost_table)
+        self.stats = ClientStats()
+        self._credentials_for = credentials_for or self._default_credentials
+        self._pool = ThreadPoolExecutor(self.config.pool_size, thread_name_prefix="gmail")
+        self._local = threading.local()
+        self._opened: list[httplib2.Http] = []  # closed by close(): keep-alive sockets
+        self._opened_lock = threading.Lock()
+        self._limiters: dict[str, QuotaLimiter] = {}
+        doc = json.loads(files("streams.stages.gmail").joinpath("gmail.v1.json").read_text("utf-8"))
+        doc["rootUrl"] = self.config.api_root
+        doc.pop("mtlsRootUrl", None)
+        self._discovery = json.dumps(doc)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _default_credentials(self, user: str) -> Credentials:
+        if self.config.credentials_dir is None:
+            return AnonymousCredentials()  # type: ignore[no-untyped-call]
+        from google.oauth2.credentials import Credentials as UserCredentials
+
+        path = Path(self.config.credentials_dir).expanduser() / f"{user}.json"
+        creds: Credentials = UserCredentials.from_authorized_user_file(  # type: ignore[no-untyped-call]
+            str(path), [READONLY_SCOPE]
+        )
+        return creds
+
+    def limiter(self, user: str) -> QuotaLimiter:
+        """The user's limiter (created on first use)."""
+        limiter = self._limiters.get(user)
+        if limiter is None:
+            c = self.config
+            limiter = QuotaLimiter(
+                units_per_window=c.user_units_per_window or self.costs.user_units_per_minute,
+                window_seconds=c.window_seconds,
+                max_concurrency=c.max_concurrency,
+                target_utilization=c.target_utilization,
+            )
+            self._limiters[user] = limiter
+        return limiter
+
+    def _thread_service(self, user: str) -> tuple[Any, Any]:
+        local = self._local
+        if not hasattr(local, "service"):
+            local.service = build_from_document(self._discovery, http=self._new_http())
+            local.https = {}
+        http = local.https.get(user)
+        if http is None:
+            base = self._new_http()
+            http = google_auth_httplib2.AuthorizedHttp(self._credentials_for(user), http=base)
+            local.https[user] = http
+        return local.service, http
+
+    def _new_http(self) -> httplib2.Http:
+        http = httplib2.Http(timeout=self.config.request_timeout)
+        with self._opened_lock:
+            self._opened.append(http)
+        return http
+
+    def _execute_one(self, user: str, build: Callable[[Any], Any]) -> Json:
+        service, http = self._thread_service(user)
+        request = build(service.users())
+        request.http = http
+        result: Json = request.execute(http=http, num_retries=0)
+        return result
+
+    def _execute_batch(
+        self, user: str, calls: Sequence[PlannedCall]
+    ) -> dict[str, tuple[Json | None, BaseException | None]]:
+        service, http = self._thread_service(user)
+        results: dict[str, tuple[Json | None, BaseException | None]] = {}
+
+        def collect(request_id: str, response: Json | None, exc: BaseException | None) -> None:
+            results[request_id] = (response, exc)
+
+        batch = service.new_batch_http_request(callback=collect)
+        for index, call in enumerate(calls):
+            request = self._call_request(service.users(), user, call)
+            request.http = http
+            batch.add(request, request_id=str(index))
+        batch.execute(http=http)
+        return results
+
+    def _call_request(self, users: Any, user: str, call: PlannedCall) -> Any:
+        headers = list(CONTACT_HEADERS) if call.format == "metadata" else None
+        if call.kind == "thread":
+            return users.threads().get(
+                userId=user, id=call.id, format=call.format, metadataHeaders=headers
+            )
+        return users.messages().get(
+            userId=user, id=call.id, format=call.format, metadataHeaders=headers
+        )
+
+    async def _in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _settle(
+        self, limiter: QuotaLimiter, failure: GmailFailure, attempt: int, what: str
+    ) -> None:
+        """Apply a retryable failure (block or back off) or raise the classified error."""
+        if failure.retry_class not in _RETRYABLE or attempt >= self.config.max_attempts:
+            raise to_error(failure, what)
+        self.stats.retried += 1
+        if failure.retry_class is RetryClass.RATE_LIMIT:
+            self.stats.throttled += 1
+            delay = limiter.on_throttle(failure.wait, concurrency=failure.concurrency)
+            log.info("gmail throttled call=%s reason=%s wait=%.2f", what, failure.reason, delay)
+            return
+        delay = failure.wait if failure.wait is not None else limiter.backoff(attempt)
+        log.info("gmail retry call=%s status=%s wait=%.2f", what, failure.status, delay)
+        await asyncio.sleep(delay)
+
+    async def _call(
+        self,
+        user: str,
+        method: str,
+        build: Callable[[Any], Any],
+        *,
+        not_found: Callable[[], InboxflowError] | None = None,
+    ) -> Json:
+        """One call with limiter, classification and retries.
+
+        A 404 raises ``not_found()`` when given, else ``PermanentError``.
+        """
+        limiter = self.limiter(user)
+        cost = self.costs.cost(method)
+        attempt = 0
+        while True:
+            attempt += 1
+            await limiter.acquire(cost)
+            self.stats.units += cost
+            self.stats.calls[method] += 1
+            try:
+                result: Json = await self._in_pool(self._execute_one, user, build)
+            except Exception as exc:
+                failure = classify(exc)
+                limiter.release()
+                if failure.status == 404 and not_found is not None:
+                    raise not_found() from exc
+                try:
+                    await self._settle(limiter, failure, attempt, method)
+                except InboxflowError as error:
+                    raise error from exc
+                continue
+            limiter.release()
+            limiter.on_success()
+            return result
+
+    # -- public API ----------------------------------------------------------------------------
+
+    async def get_profile(self, user: str) -> Profile:
+        """``users.getProfile`` (1 unit)."""
+        body = await self._call(user, "users.getProfile", lambda u: u.getProfile(userId=user))
+        return Profile(
+            body["emailAddress"],
+            int(body.get("messagesTotal", 0)),
+            int(body.get("threadsTotal", 0)),
+            str(body["historyId"]),
+        )
+
+    async def get_history_id(self, user: str) -> str:
+        """The mailbox's current historyId: store it before a full sync, sync from it after."""
+        return (await self.get_profile(user)).history_id
+
+    async def list_message_ids(
+        self,
+        user: str,
+        *,
+        label_ids: Sequence[str] = (),
+        query: str | None = None,
+        include_spam_trash: bool = False,
+        page_size: int = 500,
+    ) -> AsyncIterator[list[MessageRef]]:
+        """Yield pages of (id, threadId), newest first: a full sync's listing (5 units a page)."""
+        token: str | None = None
+        while True:
+
+            def build(u: Any, token: str | None = token) -> Any:
+                return u.messages().list(
+                    userId=user,
+                    maxResults=page_size,
+                    pageToken=token,
+                    labelIds=list(label_ids) or None,
+                    q=query,
+                    includeSpamTrash=include_spam_trash,
+                )
+
+            body = await self._call(user, "users.messages.list", build)
+            yield [MessageRef(m["id"], m.get("threadId")) for m in body.get("messages", [])]
+            token = body.get("nextPageToken")
+            if not token:
+                return
+
+    async def list_all_message_ids(self, user: str, **kwargs: Any) -> list[MessageRef]:
+        """Every page of ``list_message_ids`` in one list."""
+        return [ref async for page in self.list_message_ids(user, **kwargs) for ref in page]
+
+    async def list_changes(
+        self, user: str, start_history_id: str, *, history_types: Iterable[str] = HISTORY_TYPES
+    ) -> HistoryChanges:
+        """Changes since ``start_history_id`` (2 units a page), as an incremental sync needs.
+
+        Raises:
+            StaleHistoryError: Gmail no longer has that history (404); do a full sync.
+        """
+        added: dict[str, MessageRef] = {}
+        deleted: list[str] = []
+        changed: dict[str, None] = {}
+        token: str | None = None
+        types = list(history_types)
+
+        def stale() -> InboxflowError:
+            return StaleHistoryError(
+                f"history {start_history_id} of {user} has expired: full resync needed"
+            )
+
+        while True:
+
+            def build(u: Any, token: str | None = token) -> Any:
+                return u.history().list(
+                    userId=user,
+                    startHistoryId=start_history_id,
+                    historyTypes=types,
+                    maxResults=500,
+                    pageToken=token,
+                )
+
+            body = await self._call(user, "users.history.list", build, not_found=stale)
+            for record in body.get("history", []):
+                for item in record.get("messagesAdded", []):
+                    msg = item["message"]
+                    added[msg["id"]] = MessageRef(msg["id"], msg.get("threadId"))
+                for item in record.get("messagesDeleted", []):
+                    deleted.append(item["message"]["id"])
+                    added.pop(item["message"]["id"], None)
+                for key in ("labelsAdded", "labelsRemoved"):
+                    for item in record.get(key, []):
+                        changed[item["message"]["id"]] = None
+            token = body.get("nextPageToken")
+            if not token:
+                return HistoryChanges(
+                    list(added.values()), deleted, list(changed), str(body["historyId"])
+                )
+
+    async def fetch_messages(
+        self, user: str, refs: Iterable[MessageRef | str], *, need: FetchNeed = FetchNeed.RAW
+    ) -> dict[str, FetchOutcome]:
+        """Fetch each distinct id once through the planner, in batches of at most 25.
+
+        Returns one outcome per id: ``FetchedMessage`` or ``MessageGone`` (404, deleted).
+        Throttles and transient failures are retried within ``max_attempts``.
+
+        Raises:
+            RateLimitedError, QuotaExceededError, TransientError, StageTimeoutError: retries ran
+                out, or the daily quota is gone (``retry_after`` says when to come back).
+            PermanentError: Gmail refused a call for good (e.g. 400, 403 domainPolicy).
+        """
+        wanted = [r if isinstance(r, MessageRef) else MessageRef(r) for r in refs]
+        outcomes: dict[str, FetchOutcome] = {}
+        pending = plan_fetch(wanted, need, self.costs)
+        limiter = self.limiter(user)
+        attempts: Counter[PlannedCall] = Counter()
+        while pending:
+            parts = max(1, min(self.config.batch_size, limiter.concurrency))
+            batches = chunk_calls(pending, self.costs, parts, limiter.capacity)
+            rounds = await asyncio.gather(
+                *(self._run_batch(user, b, need, outcomes) for b in batches)
+            )
+            pending = [call for r in rounds for call in r.follow_ups]
+            worst_transient = 0
+            for call, failure in (item for r in rounds for item in r.failed):
+                attempts[call] += 1
+                if attempts[call] >= self.config.max_attempts:
+                    raise to_error(failure, f"{call.method} {call.id} for {user}")
+                if failure.retry_class is not RetryClass.RATE_LIMIT:
+                    worst_transient = max(worst_transient, attempts[call])
+                pending.append(call)
+            if worst_transient:
+                # Throttles are already enforced by the limiter; 5xx and timeouts back off here.
+                self.stats.retried += 1
+                await asyncio.sleep(limiter.backoff(worst_transient))
+        return outcomes
+
+    async def _run_batch(
+        self,
+        user: str,
+        calls: list[PlannedCall],
+        need: FetchNeed,
+        outcomes: dict[str, FetchOutcome],
+    ) -> _Round:
+        """Send one batch; record outcomes; return follow-ups and retryable failures.
+
+        Raises the classified error at once for QUOTA and PERMANENT failures.
+        """
+        limiter = self.limiter(user)
+        units = sum(self.costs.cost(c.method) for c in calls)
+        await limiter.acquire(units, len(calls))
+        self.stats.units += units
+        self.stats.batches += 1
+        for call in calls:
+            self.stats.calls[call.method] += 1
+        outcome = _Round()
+        try:
+            results = await self._in_pool(self._execute_batch, user, calls)
+        except Exception as exc:
+            limiter.release(len(calls))
+            failure = classify(exc)
+            if failure.retry_class not in _RETRYABLE:
+                raise to_error(failure, "batch") from exc
+            if failure.retry_class is RetryClass.RATE_LIMIT:
+                self.stats.throttled += 1
+                limiter.on_throttle(failure.wait, concurrency=failure.concurrency)
+            outcome.failed = [(call, failure) for call in calls]
+            return outcome
+        limiter.release(len(calls))
+        throttle: GmailFailure | None = None
+        for index, call in enumerate(calls):
+            response, part_exc = results.get(str(index), (None, None))
+            if part_exc is None and response is not None:
+                outcome.follow_ups.extend(self._accept(call, response, need, outcomes))
+                continue
+            failure = classify(part_exc) if part_exc is not None else _MISSING_PART
+            if failure.status == 404:
+                outcome.follow_ups.extend(self._gone(call, need, outcomes))
+            elif failure.retry_class not in _RETRYABLE:
+                raise to_error(failure, call.method) from part_exc
+            else:
+                outcome.failed.append((call, failure))
+                if failure.retry_class is RetryClass.RATE_LIMIT and (
+                    throttle is None or (failure.wait or 0) > (throttle.wait or 0)
+                ):
+                    throttle = failure
+        if throttle is not None:
+            self.stats.throttled += 1
+            limiter.on_throttle(throttle.wait, concurrency=throttle.concurrency)
+        else:
+            limiter.on_success()
+        return outcome
+
+    def _gone(
+        self, call: PlannedCall, need: FetchNeed, outcomes: dict[str, FetchOutcome]
+    ) -> list[PlannedCall]:
+        if call.kind == "message":
+            outcomes[call.id] = MessageGone(call.id)
+            return []
+        # A vanished thread: ask for its messages one by one (some may have moved threads).
+        return [message_call(i, need) for i in call.message_ids]
+
+    def _accept(
+        self, call: PlannedCall, response: Json, need: FetchNeed, outcomes: dict[str, FetchOutcome]
+    ) -> list[PlannedCall]:
+        """Record a successful response; return follow-up calls it makes necessary."""
+        if call.kind == "message":
+            raw = _b64decode(response["raw"]) if call.format == "raw" else None
+            outcomes[call.id] = _to_fetched(response, raw, exact=raw is not None)
+            return []
+        follow_ups = []
+        by_id = {m["id"]: m for m in response.get("messages", [])}
+        for message_id in call.message_ids:
+            resource = by_id.get(message_id)
+            if resource is None:
+                follow_ups.append(message_call(message_id, need))
+            elif call.format == "metadata":
+                outcomes[message_id] = _to_fetched(resource, None, exact=False)
+            elif has_attachment_refs(resource.get("payload", {})):
+                follow_ups.append(message_call(message_id, FetchNeed.RAW))
+            else:
+                raw = rebuild_mime(resource["payload"])
+                outcomes[message_id] = _to_fetched(resource, raw, exact=False)
+        return follow_ups
+
+    def close(self) -> None:
+        """Stop the thread pool (pending calls finish first)."""
+        self._pool.shutdown(wait=True)
+        with self._opened_lock:
+            for http in self._opened:
+                http.close()
+            self._opened.clear()

@@ -1,0 +1,487 @@
+"""Normalize one raw RFC 5322 message into a :class:`NormalizedEmail` (pure, never raises).
+
+The normalize agent calls :func:`normalize_message` on the bytes of a Gmail ``format=raw``
+message and maps the result onto the Avro ``EmailNormalized`` event (see
+:meth:`NormalizedEmail.as_event_fields`). This module is synchronous and deterministic: no I/O,
+no clock, no settings. It must not import ``inboxflow.wiring`` or anything that does I/O.
+
+Robustness contract: any byte string yields a result. Mail in the wild has broken headers,
+unknown or lying charsets, bad base64 and truncated MIME trees; each of those degrades one field
+(to ``None``, ``""`` or a best-effort decode) and never the whole message. Every string in the
+result is valid Unicode without lone surrogates or NUL characters, so it can be written to Avro
+and to Postgres ``text`` columns as is.
+"""
+
+from __future__ import annotations
+
+import codecs
+import html
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import policy
+from email.header import decode_header, make_header
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+from email.utils import getaddresses, parsedate_to_datetime
+from typing import Any, TypeVar
+
+from schemas.models import EmailNormalized, GmailMessageFetched
+from streams.stages.html_text import html_to_text
+
+__all__ = [
+    "DEFAULT_MAX_TEXT_CHARS",
+    "SNIPPET_CHARS",
+    "Attachment",
+    "EmailAddress",
+    "NormalizedEmail",
+    "decode_bytes",
+    "make_snippet",
+    "normalize_message",
+]
+
+SNIPPET_CHARS = 200
+# Kafka's default max.message.bytes is 1 MiB: a body cut at 200k characters (<= 800 kB UTF-8)
+# keeps an EmailNormalized event under it. Pass ``max_text_chars=None`` to keep everything.
+DEFAULT_MAX_TEXT_CHARS = 200_000
+# Deeper MIME trees than this are hostile or broken; parts below are ignored.
+_MAX_DEPTH = 32
+
+_T = TypeVar("_T")
+
+# Charsets that mail software mislabels: decode with the superset the sender really used
+# (the WHATWG encoding standard maps latin-1 and ascii labels to windows-1252 for the same reason).
+_SUPERSETS = {
+    "ascii": "cp1252",
+    "latin_1": "cp1252",
+    "iso8859_1": "cp1252",
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "euc_kr": "cp949",
+    "shift_jis": "cp932",
+    "iso2022_jp": "iso2022_jp_ext",
+    "big5": "big5hkscs",
+}
+_MSG_ID = re.compile(r"<[^<>\s]+>")
+_WHITESPACE = re.compile(r"\s+")
+_SURROGATES = re.compile("[\ud800-\udfff]+")
+
+
+@dataclass(frozen=True, slots=True)
+class EmailAddress:
+    """One mailbox as written in a header: the address as given and the decoded display name."""
+
+    address: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """Metadata of one attachment or non-text part; the content itself is not kept."""
+
+    filename: str  # decoded; "" when the part names none
+    mime_type: str
+    size: int  # decoded bytes
+    attachment_id: str | None = None  # Gmail's id; raw messages carry none
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedEmail:
+    """The normalized form of one message; field names match the ``EmailNormalized`` event."""
+
+    message_id: str
+    thread_id: str
+    labels: tuple[str, ...]
+    subject: str
+    sender: EmailAddress | None
+    to: tuple[EmailAddress, ...]
+    cc: tuple[EmailAddress, ...]
+    bcc: tuple[EmailAddress, ...]
+    reply_to: tuple[EmailAddress, ...]
+    sent_at: datetime | None
+    text: str
+    snippet: str
+    size: int
+    attachments: tuple[Attachment, ...]
+    message_id_header: str | None
+    in_reply_to: str | None
+    references: tuple[str, ...]
+
+    def as_event_fields(self) -> dict[str, Any]:
+        """Return the fields as plain dicts and lists, keyed like the Avro record."""
+
+        def addr(a: EmailAddress) -> dict[str, str | None]:
+            return {"address": a.address, "name": a.name}
+
+        return {
+            "message_id": self.message_id,
+            "thread_id": self.thread_id,
+            "labels": list(self.labels),
+            "subject": self.subject,
+            "sender": addr(self.sender) if self.sender else None,
+            "to": [addr(a) for a in self.to],
+            "cc": [addr(a) for a in self.cc],
+            "bcc": [addr(a) for a in self.bcc],
+            "reply_to": [addr(a) for a in self.reply_to],
+            "sent_at": self.sent_at,
+            "text": self.text,
+            "snippet": self.snippet,
+            "size": self.size,
+            "attachments": [
+                {
+                    "filename": a.filename,
+                    "mime_type": a.mime_type,
+                    "size": a.size,
+                    "attachment_id": a.attachment_id,
+                }
+                for a in self.attachments
+            ],
+            "message_id_header": self.message_id_header,
+            "in_reply_to": self.in_reply_to,
+            "references": list(self.references),
+        }
+
+
+def normalize_message(
+    raw: bytes,
+    *,
+    message_id: str,
+    thread_id: str,
+    label_ids: Sequence[str],
+    size_estimate: int | None = None,
+    snippet: str | None = None,
+    max_text_chars: int | None = DEFAULT_MAX_TEXT_CHARS,
+) -> NormalizedEmail:
+    """Parse raw RFC 5322 bytes into a :class:`NormalizedEmail`.
+
+    Pure and deterministic; never raises on any input bytes.
+
+    Args:
+        raw: The whole message (Gmail ``format=raw``, base64url already decoded).
+        message_id: Gmail's message id, copied through.
+        thread_id: Gmail's thread id, copied through.
+        label_ids: Gmail label ids (``INBOX``, ``SENT``, ...), copied through in order.
+        size_estimate: Gmail's ``sizeEstimate``; when ``None`` the size is ``len(raw)``.
+        snippet: Gmail's ``snippet`` (HTML entities are unescaped); when ``None`` or blank,
+            the snippet is the first :data:`SNIPPET_CHARS` characters of the collapsed text.
+        max_text_chars: Cut the body text to this many characters (``None``: no cut).
+
+    Returns:
+        The normalized message. Body choice: the inline ``text/plain`` parts joined by a blank
+        line; when they are all empty, the inline ``text/html`` parts converted to text.
+    """
+    msg = _parse(raw)
+    text = _body_text(msg)
+    if max_text_chars is not None and len(text) > max_text_chars:
+        text = text[:max_text_chars].rstrip()
+    senders = _addresses(msg, "from")
+    return NormalizedEmail(
+        message_id=message_id,
+        thread_id=thread_id,
+        labels=tuple(label_ids),
+        subject=_header_text(msg, "subject") or "",
+        sender=senders[0] if senders else None,
+        to=_addresses(msg, "to"),
+        cc=_addresses(msg, "cc"),
+        bcc=_addresses(msg, "bcc"),
+        reply_to=_addresses(msg, "reply-to"),
+        sent_at=_sent_at(msg),
+        text=text,
+        snippet=make_snippet(html.unescape(snippet) if snippet and snippet.strip() else text),
+        size=size_estimate if size_estimate is not None else len(raw),
+        attachments=tuple(_attachments(msg)),
+        message_id_header=_first_msg_id(_header_text(msg, "message-id")),
+        in_reply_to=_first_msg_id(_header_text(msg, "in-reply-to")),
+        references=_msg_ids(_header_text(msg, "references")),
+    )
+
+
+def normalized_event(fetched: GmailMessageFetched, now: datetime) -> EmailNormalized:
+    """Return the EmailNormalized event of a fetched message (pure; ``now`` stamps it)."""
+    parsed = normalize_message(
+        fetched.raw,
+        message_id=fetched.message_id,
+        thread_id=fetched.thread_id,
+        label_ids=fetched.label_ids,
+        size_estimate=fetched.size_estimate,
+    )
+    fields = {**parsed.as_event_fields(), "user_id": fetched.user_id, "sync_id": fetched.sync_id}
+    return EmailNormalized.model_validate({**fields, "normalized_at": now})
+
+
+def make_snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
+    """Return the first ``limit`` characters of ``text`` with whitespace collapsed.
+
+    A cut inside a word moves back to the previous space when one is in the last quarter.
+    """
+    flat = _clean(_WHITESPACE.sub(" ", text).strip())
+    if len(flat) <= limit:
+        return flat
+    cut = flat[:limit]
+    space = cut.rfind(" ")
+    if space >= limit * 3 // 4 and not flat[limit].isspace():
+        cut = cut[:space]
+    return cut.rstrip()
+
+
+def decode_bytes(data: bytes, charset: str | None) -> str:
+    """Decode ``data`` declared as ``charset``, falling back sensibly; never raises.
+
+    Order: the declared charset (or the superset senders really mean, e.g. windows-1252 for
+    latin-1 and ascii, cp932 for shift_jis), strictly; then UTF-8, strictly (first, for the
+    windows-1252 family); then the declared charset with replacement characters if Python knows
+    it; else windows-1252 with replacements.
+    """
+    declared = _codec_name(charset)
+    # Valid UTF-8 with 8-bit bytes under a single-byte label is mislabeled UTF-8: random
+    # windows-1252 text almost never forms valid UTF-8 sequences.
+    order = ("utf-8", declared) if declared == "cp1252" else (declared, "utf-8")
+    for candidate in order:
+        if candidate is None:
+            continue
+        try:
+            return _clean(data.decode(candidate))
+        except (UnicodeError, LookupError):
+            continue
+    return _clean(data.decode(declared or "cp1252", errors="replace"))
+
+
+def _codec_name(charset: str | None) -> str | None:
+    """Return a Python text codec for a MIME charset label, or ``None`` if it names none."""
+    if not charset:
+        return None
+    label = charset.strip().strip("\"'").lower()
+    try:
+        info = codecs.lookup(label)
+    except (LookupError, ValueError, TypeError):
+        return None
+    # codecs also holds bytes-to-bytes transforms (base64, rot13...), which are no charset.
+    if not getattr(info, "_is_text_encoding", True):
+        return None
+    return _SUPERSETS.get(info.name.replace("-", "_"), info.name)
+
+
+def _clean(text: str) -> str:
+    """Make ``text`` safe for Avro and Postgres: no lone surrogates, no NUL characters."""
+    if _SURROGATES.search(text):
+        text = _SURROGATES.sub(_unescape_surrogates, text)
+    return text.replace("\x00", "")
+
+
+def _unescape_surrogates(match: re.Match[str]) -> str:
+    """Decode a run of surrogate escapes (raw 8-bit header bytes) as UTF-8, else windows-1252."""
+    run = match.group()
+    if not all("\udc80" <= ch <= "\udcff" for ch in run):
+        return "\ufffd" * len(run)  # real lone surrogates carry no bytes to recover
+    data = bytes(ord(ch) - 0xDC00 for ch in run)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
+
+
+def _guard(call: Callable[[], _T], default: _T) -> _T:
+    """Run ``call``; on any exception return ``default``.
+
+    The email package's header and MIME parsers raise assorted exceptions on malformed input
+    (IndexError, AttributeError, HeaderParseError, ValueError, RecursionError...), and the set
+    changes between Python releases, so a blind catch is the only way to keep the
+    "never raises" contract. Each call wraps one field, so one bad header loses one field.
+    """
+    try:
+        return call()
+    except Exception:  # noqa: BLE001 - see docstring
+        return default
+
+
+def _parse(raw: bytes) -> Message:
+    parser = BytesParser(policy=policy.default)
+    parsed = _guard(lambda: parser.parsebytes(raw), None)
+    if parsed is None:
+        # Unparseable as MIME (e.g. absurd nesting): keep the bytes as a plain body.
+        fallback = EmailMessage(policy=policy.default)
+        fallback.set_payload(raw.decode("latin-1"), charset=None)
+        return fallback
+    return parsed
+
+
+def _raw_header(msg: Message, name: str) -> str | None:
+    """Return the first raw (undecoded) value of a header, bypassing the policy's parser."""
+    for key, value in _raw_items(msg):
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _raw_items(msg: Message) -> list[tuple[str, str]]:
+    empty: list[tuple[str, str]] = []
+    return _guard(lambda: [(str(k), str(v)) for k, v in msg.raw_items()], empty)
+
+
+def _header_text(msg: Message, name: str) -> str | None:
+    """Return the decoded, unfolded value of the first header ``name``, or ``None``."""
+    value = _guard(lambda: msg.get(name), None)
+    if value is not None:
+        text = _guard(lambda: str(value), None)
+        if text is not None:
+            return _unfold(text)
+    raw = _raw_header(msg, name)
+    if raw is None:
+        return None
+    return _unfold(_decode_rfc2047(raw))
+
+
+def _header_values(msg: Message, name: str) -> list[str]:
+    """Return every decoded value of header ``name`` (To may legally appear only once, but...)."""
+    values = _guard(lambda: msg.get_all(name), None) or []
+    decoded = [_to_str(value) for value in values]
+    if all(text is not None for text in decoded):
+        return [_unfold(text) for text in decoded if text is not None]
+    raws = [value for key, value in _raw_items(msg) if key.lower() == name]
+    return [_unfold(_decode_rfc2047(r)) for r in raws]
+
+
+def _to_str(value: object) -> str | None:
+    return _guard(lambda: str(value), None)
+
+
+def _decode_rfc2047(value: str) -> str:
+    """Decode RFC 2047 encoded words with the compat API; the value as is when that fails."""
+    return _guard(lambda: str(make_header(decode_header(value))), value)
+
+
+def _unfold(value: str) -> str:
+    return _clean(_WHITESPACE.sub(" ", value).strip())
+
+
+def _addresses(msg: Message, name: str) -> tuple[EmailAddress, ...]:
+    """Parse an address header the way :func:`email.utils.getaddresses` does.
+
+    Consistency with ``getaddresses`` over the policy-decoded header values is a contract:
+    the contacts e2e test compares against it. Addresses are stripped and lower-cased (as the
+    ``EmailNormalized`` schema says); entries without an address are dropped.
+    """
+    values = _header_values(msg, name)
+    empty: list[tuple[str, str]] = []
+    pairs = _guard(lambda: getaddresses(values), empty)
+    result = []
+    for display, address in pairs:
+        address = _clean(address.strip()).lower()
+        if address:
+            result.append(EmailAddress(address=address, name=_clean(display.strip()) or None))
+    return tuple(result)
+
+
+def _sent_at(msg: Message) -> datetime | None:
+    """Return the Date header as an aware UTC datetime; ``None`` when missing or invalid."""
+    raw = _raw_header(msg, "date")
+    if raw is None:
+        return None
+    parsed = _guard(lambda: parsedate_to_datetime(_unfold(raw)), None)
+    if parsed is None:
+        return None
+    if parsed.tzinfo is None:
+        # RFC 5322 "-0000": the zone is unknown; UTC is the only sensible reading.
+        parsed = parsed.replace(tzinfo=UTC)
+    return _guard(lambda: parsed.astimezone(UTC), None)
+
+
+def _first_msg_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    ids = _MSG_ID.findall(value)
+    return ids[0] if ids else value.split()[0]
+
+
+def _msg_ids(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    ids = _MSG_ID.findall(value)
+    return tuple(ids) if ids else tuple(value.split())
+
+
+# --- MIME tree -------------------------------------------------------------------------------
+
+
+def _leaves(part: Message, depth: int = 0) -> Iterator[Message]:
+    """Yield leaf parts in document order; attached messages (message/rfc822) count as leaves."""
+    if depth > _MAX_DEPTH:
+        return
+    children: object = _guard(part.get_payload, None)
+    if isinstance(children, list) and _guard(part.get_content_maintype, "") == "multipart":
+        for child in children:
+            if isinstance(child, Message):
+                yield from _leaves(child, depth + 1)
+        return
+    yield part
+
+
+def _content_type(part: Message) -> str:
+    """Return the part's content type; a multipart that did not split (no or wrong boundary)
+    is read as text/plain so that its body is not lost."""
+    content_type = _guard(part.get_content_type, "text/plain")
+    if content_type.startswith("multipart/") and not isinstance(
+        _guard(part.get_payload, None), list
+    ):
+        return "text/plain"
+    return content_type
+
+
+def _is_attachment(part: Message) -> bool:
+    disposition = _guard(part.get_content_disposition, None)
+    if disposition == "attachment" or _filename(part):
+        return True
+    return _content_type(part) not in ("text/plain", "text/html")
+
+
+def _filename(part: Message) -> str:
+    name = _guard(part.get_filename, None)
+    if not name:
+        return ""
+    name = str(name)
+    if "=?" in name:
+        # Some clients put RFC 2047 words in filename= (not allowed, but common).
+        name = _decode_rfc2047(name)
+    return _unfold(name)
+
+
+def _payload_bytes(part: Message) -> bytes:
+    payload = _guard(lambda: part.get_payload(decode=True), None)
+    if isinstance(payload, bytes):
+        return payload
+    if _guard(part.get_content_maintype, "") == "message":
+        # message/rfc822: the size of the attached message as it is written.
+        inner = _guard(part.get_payload, None)
+        if isinstance(inner, list) and inner and isinstance(inner[0], Message):
+            return _guard(inner[0].as_bytes, b"")
+    return b""
+
+
+def _attachments(msg: Message) -> Iterator[Attachment]:
+    for part in _leaves(msg):
+        if _is_attachment(part):
+            yield Attachment(
+                filename=_filename(part),
+                mime_type=_content_type(part),
+                size=len(_payload_bytes(part)),
+            )
+
+
+def _part_text(part: Message) -> str:
+    data = _payload_bytes(part)
+    charset = _guard(part.get_content_charset, None)
+    text = decode_bytes(data, charset).replace("\r\n", "\n").replace("\r", "\n")
+    if _content_type(part) == "text/html":
+        return html_to_text(text)
+    return text.strip()
+
+
+def _body_text(msg: Message) -> str:
+    inline = [part for part in _leaves(msg) if not _is_attachment(part)]
+    for wanted in ("text/plain", "text/html"):
+        texts = [_part_text(part) for part in inline if _content_type(part) == wanted]
+        joined = "\n\n".join(t for t in texts if t)
+        if joined:
+            return joined
+    return ""

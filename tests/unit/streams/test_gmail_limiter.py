@@ -1,0 +1,68 @@
+"""QuotaLimiter on a virtual clock: rate, bursts, Retry-After, backoff and concurrency."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from streams.stages.gmail.limiter import QuotaLimiter
+
+
+class VirtualTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+
+
+def make(vt: VirtualTime, **kw: object) -> QuotaLimiter:
+    args: dict[str, object] = {
+        "units_per_window": 6000,
+        "window_seconds": 60.0,
+        "rng": random.Random(1),
+    }
+    args.update(kw)
+    return QuotaLimiter(clock=vt.clock, sleep=vt.sleep, **args)  # type: ignore[arg-type]
+
+
+async def test_steady_rate_is_target_of_ceiling() -> None:
+    vt = VirtualTime()
+    limiter = make(vt, burst_fraction=0.1, target_utilization=0.98)
+    for _ in range(1000):
+        await limiter.acquire(20)
+        limiter.release()
+    spent_after_burst = 1000 * 20 - 600
+    assert spent_after_burst / vt.now == pytest.approx(98.0, rel=0.01)
+
+
+async def test_throttle_blocks_until_retry_time_and_empties_bucket() -> None:
+    vt = VirtualTime()
+    limiter = make(vt)
+    delay = limiter.on_throttle(12.5)
+    assert 12.5 <= delay <= 12.5 + 0.64
+    await limiter.acquire(20)
+    assert vt.now >= 12.5 + 20 / limiter.rate
+
+
+async def test_backoff_without_time_is_capped_by_window_not_ten_seconds() -> None:
+    vt = VirtualTime()
+    limiter = make(vt)
+    delays = [limiter.on_throttle(None) for _ in range(10)]
+    assert all(d >= 1.0 for d in delays)
+    assert max(delays) > 10.0
+    assert max(delays) <= 60.0
+
+
+async def test_concurrency_halves_on_concurrency_throttle_and_grows_back() -> None:
+    vt = VirtualTime()
+    limiter = make(vt, max_concurrency=40)
+    limiter.on_throttle(None, concurrency=True)
+    assert limiter.concurrency == 20
+    for _ in range(30):
+        limiter.on_success()
+    assert limiter.concurrency == 40
