@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
+
+from topics.kafka import KafkaClients, started
 
 
 @dataclass(frozen=True)
@@ -37,39 +38,28 @@ async def kafka_round_trip(
 ) -> tuple[str, str, str, dict[str, str], float]:
     """Create a topic, produce one keyed record with headers, read it back, delete the topic."""
     topic = f"inboxflow.devstack.check-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    started = time.perf_counter()
-    try:
+    kafka = KafkaClients(bootstrap, client_id="inboxflow-devstack-check")
+    began = time.perf_counter()
+    async with started(kafka.admin(), bootstrap) as admin:
         await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-        key, value = "user-check", f"hello {uuid.uuid4().hex[:6]}"
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-        await producer.start()
         try:
-            await producer.send_and_wait(
-                topic, value.encode(), key=key.encode(), headers=[("source", b"devstack")]
-            )
+            key, value = "user-check", f"hello {uuid.uuid4().hex[:6]}"
+            async with started(kafka.producer(), bootstrap) as producer:
+                await producer.send_and_wait(
+                    topic, value.encode(), key=key.encode(), headers=[("source", b"devstack")]
+                )
+            async with started(kafka.consumer(topic), bootstrap) as consumer:
+                batch = await consumer.getmany(timeout_ms=int(wait_seconds * 1000), max_records=1)
+            records = [record for records in batch.values() for record in records]
+            if not records:
+                raise RuntimeError(f"no record came back from {topic} within {wait_seconds}s")
+            record = records[0]
+            headers = {name: raw.decode() for name, raw in record.headers}
+            elapsed = (time.perf_counter() - began) * 1000
+            key, value = (record.key or b"").decode(), (record.value or b"").decode()
+            return topic, key, value, headers, elapsed
         finally:
-            await producer.stop()
-        consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-        )
-        await consumer.start()
-        try:
-            batch = await consumer.getmany(timeout_ms=int(wait_seconds * 1000), max_records=1)
-        finally:
-            await consumer.stop()
-        records = [record for records in batch.values() for record in records]
-        if not records:
-            raise RuntimeError(f"no record came back from {topic} within {wait_seconds}s")
-        record = records[0]
-        headers = {name: raw.decode() for name, raw in record.headers}
-        elapsed = (time.perf_counter() - started) * 1000
-        key, value = (record.key or b"").decode(), (record.value or b"").decode()
-        return topic, key, value, headers, elapsed
-    finally:
-        await admin.delete_topics([topic])
-        await admin.close()
+            await admin.delete_topics([topic])
 
 
 def database_round_trip(database_url: str) -> tuple[str, float]:

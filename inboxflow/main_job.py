@@ -40,6 +40,7 @@ from inboxflow.settings import Settings
 from inboxflow.supervisor import ProcessGroup, start_all
 from inboxflow.wiring import catalogue_from, request_syncs
 from topics.admin import ensure_topics
+from topics.kafka import KafkaClients
 
 MESSAGE_KINDS = ("normalize_google_email", "extract_contacts", "embed", "insight")
 
@@ -160,7 +161,7 @@ class Job:
         progress = _progress(console)
         tasks = {label: progress.add_task(label, total=None) for label in labels}
         deadline = time.monotonic() + wait_seconds
-        async with TopicCounter(self.stack.kafka_bootstrap) as counter:
+        async with TopicCounter(KafkaClients(self.stack.kafka_bootstrap)) as counter:
             with progress:
                 while time.monotonic() < deadline:
                     counts = await counter.records(labels.values())
@@ -182,7 +183,7 @@ class Job:
 
     async def summary(self, emulator: GmailEmulator, complete: bool, logs: Path) -> RunSummary:
         """Collect the figures the job prints."""
-        async with TopicCounter(self.stack.kafka_bootstrap) as counter:
+        async with TopicCounter(KafkaClients(self.stack.kafka_bootstrap)) as counter:
             stages = await counter.records(stage_topics(self.catalogue).values())
             dlqs = await counter.records(dlq_topics(self.catalogue).values())
         labels = {topic: label for label, topic in stage_topics(self.catalogue).items()}

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.runtime.routing import PHASE_WEIGHT
 from topics.catalogue import Catalogue
+from topics.kafka import KafkaClients
 
 TERMINAL = ("done", "error", "dead")
 
@@ -73,12 +74,12 @@ def job_counts(database_url: str, users: list[str]) -> JobCounts:
 class TopicCounter:
     """Counts records per topic from end offsets (cheap: reads no records)."""
 
-    def __init__(self, bootstrap_servers: str) -> None:
-        self._bootstrap = bootstrap_servers
+    def __init__(self, kafka: KafkaClients) -> None:
+        self._kafka = kafka
         self._consumer: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> TopicCounter:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap)
+        self._consumer = self._kafka.consumer()
         await self._consumer.start()
         return self
 

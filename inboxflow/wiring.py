@@ -140,7 +140,7 @@ def build_stages(agent: str, catalogue: Catalogue, resources: Resources) -> Mapp
                 gmail=resources.gmail,
                 state=resources.state,
                 discovered_topic=catalogue.message_discovered.name,
-                timeouts=timeouts,
+                deadline_for=timeouts.sync_for,
             ),
             catalogue.message_discovered.name: FetchStage(
                 serde=serde,

@@ -23,10 +23,11 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaConnectionError, KafkaError, for_code
+from aiokafka.errors import KafkaError, for_code
 
 from schemas.errors import PermanentError, TransientError
 from topics.catalogue import TopicSpec
+from topics.kafka import KafkaClients, started
 
 logger = logging.getLogger(__name__)
 
@@ -108,21 +109,11 @@ async def ensure_topics(
         TopicAdminError: the cluster refused a creation or change (bad config, too few brokers).
     """
     wanted = _unique(specs)
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers,
-        client_id=client_id,
-        request_timeout_ms=request_timeout_ms,
+    admin = KafkaClients(bootstrap_servers).admin(
+        client_id=client_id, request_timeout_ms=request_timeout_ms
     )
-    try:
-        await admin.start()
-    except KafkaConnectionError as exc:
-        raise TransientError(f"Kafka at {bootstrap_servers} unreachable: {exc}") from exc
-    try:
+    async with started(admin, bootstrap_servers):
         return await _apply(admin, wanted, request_timeout_ms / 1000)
-    except KafkaConnectionError as exc:
-        raise TransientError(f"lost Kafka at {bootstrap_servers}: {exc}") from exc
-    finally:
-        await admin.close()
 
 
 def _unique(specs: Iterable[TopicSpec]) -> dict[str, TopicSpec]:

@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from db.agent_state import AgentState
-from inboxflow.settings import StageTimeouts
 from schemas.errors import StageTimeoutError, StaleHistoryError
 from schemas.models import JobKind, MessageDiscovered, SyncRequested
 from schemas.serde import Serde
@@ -49,7 +48,7 @@ class SyncStage:
         gmail: GmailClient,
         state: AgentState,
         discovered_topic: str,
-        timeouts: StageTimeouts,
+        deadline_for: Callable[[int], float],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.requests = Decoder(serde, SyncRequested)
@@ -57,13 +56,13 @@ class SyncStage:
         self.gmail = gmail
         self.state = state
         self.discovered_topic = discovered_topic
-        self.timeouts = timeouts
+        self.deadline_for = deadline_for  # seconds a sync of a mailbox this size may take
         self.clock = clock
 
     @property
     def timeout(self) -> float:
         """Outer bound; each sync gets a deadline scaled by its mailbox (see ``_list``)."""
-        return self.timeouts.sync_for(2_000_000)
+        return self.deadline_for(2_000_000)
 
     def dependencies(self, records: Sequence[Record]) -> list[str]:
         """Gmail overall and each user in the batch (records are keyed by user id)."""
@@ -145,7 +144,7 @@ class SyncStage:
     async def _list(self, request: SyncRequested) -> Listing:
         user = request.user_id
         profile = await self.gmail.get_profile(user)
-        deadline = self.timeouts.sync_for(profile.messages_total)
+        deadline = self.deadline_for(profile.messages_total)
         try:
             async with asyncio.timeout(deadline):
                 return await self._list_within(request, profile.history_id)

@@ -1,7 +1,9 @@
-"""The one classifier: every Gmail response or exception -> a retry class and the wait it implies.
+"""Gmail's side of the failure vocabulary: a response or exception -> a retry class and its wait.
 
-``classify`` is pure (it takes ``now``) and table-tested; ``to_error`` wraps a classified failure in
-the ``schemas.errors`` class that carries the same retry class. 404 is classified PERMANENT here;
+This is where the Gmail dependency is wrapped, once: ``classify`` reads Google's status, reason and
+``Retry-After`` (pure, it takes ``now``; table-tested) and ``to_error`` turns the result into the
+``schemas.errors`` exception of the same retry class, which ``schemas.errors.classify`` then reads
+like any other. 404 is classified PERMANENT here;
 callers that know better (a deleted message, a stale history id) handle it before raising.
 """
 
@@ -20,15 +22,7 @@ from typing import Any
 import httplib2
 from googleapiclient.errors import HttpError
 
-from schemas.errors import (
-    InboxflowError,
-    PermanentError,
-    QuotaExceededError,
-    RateLimitedError,
-    RetryClass,
-    StageTimeoutError,
-    TransientError,
-)
+from schemas.errors import InboxflowError, RetryClass, error_for
 
 _RATE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded"}
 _QUOTA_REASONS = {"dailyLimitExceeded", "quotaExceeded"}
@@ -120,17 +114,7 @@ def classify(exc: BaseException, now: datetime | None = None) -> GmailFailure:
     return GmailFailure(RetryClass.PERMANENT, None, 0, name, str(exc))
 
 
-_ERROR_CLASSES: dict[RetryClass, type[InboxflowError]] = {
-    RetryClass.TRANSIENT: TransientError,
-    RetryClass.RATE_LIMIT: RateLimitedError,
-    RetryClass.QUOTA: QuotaExceededError,
-    RetryClass.TIMEOUT: StageTimeoutError,
-    RetryClass.PERMANENT: PermanentError,
-}
-
-
 def to_error(failure: GmailFailure, context: str) -> InboxflowError:
     """The ``schemas.errors`` exception for ``failure`` (raise it ``from`` the original)."""
-    cls = _ERROR_CLASSES[failure.retry_class]
     text = f"gmail {context}: {failure.status} {failure.reason}: {failure.message}"
-    return cls(text, retry_after=failure.wait)
+    return error_for(failure.retry_class, text, retry_after=failure.wait)
