@@ -1,7 +1,7 @@
 """Batching Kafka-to-Postgres consumer loop shared by the sinks; effectively exactly once.
 
 A plain aiokafka consumer (not a faust agent: faust re-seeks to Kafka-committed offsets after
-recovery, see ``/work/shared/reference/retries-dlq-sinks.md`` section 3). Offsets live in
+recovery, see ``docs/sinks.md``). Offsets live in
 Postgres (``sinks.offsets``) and each batch is one transaction:
 
 1. advance the stored offset of every partition in the batch with a compare-and-set (a

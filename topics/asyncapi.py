@@ -114,7 +114,7 @@ def _failed_record_message() -> dict[str, Any]:
         "contentType": "application/octet-stream",
         "headers": {
             "type": "object",
-            "description": "UTF-8 text values; numbers as decimal digits. See topics/headers.py.",
+            "description": "UTF-8 text values; numbers as decimal digits. See schemas/headers.py.",
             "properties": {key: {"type": "string"} for key in headers.ALL_HEADERS},
         },
         "payload": {

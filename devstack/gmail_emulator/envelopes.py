@@ -1,8 +1,7 @@
 """Google's JSON error envelopes, built exactly as the Gmail API sends them.
 
 Pure functions returning ``(status, body)``; no I/O. Shapes follow the "Resolve errors" guide
-and the
-field reports collected in ``shared/reference/gmail-api.md`` section 1.3.
+and the field reports summarised in ``docs/gmail-api.md`` (section "Error responses").
 """
 
 from __future__ import annotations

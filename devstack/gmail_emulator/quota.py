@@ -1,8 +1,8 @@
 """Quota model: per-user and per-project token buckets in quota units, concurrency, daily budget.
 
-The cost tables are the emulator's own copy of Google's (2026 by default, legacy by option);
-the client
-keeps its own in ``streams/gmail/costs.py`` because ``devstack`` must not import ``streams``.
+The cost tables are the emulator's own copy of Google's (2026 by default, legacy by option); the
+client keeps its own in ``streams/stages/gmail/costs.py``: the emulator plays Google, so it shares
+no code with the client it is testing.
 Buckets start full and refill continuously, so a user can spend one window's worth at once and then
 ``units_per_window / window_seconds`` per second: the "units per minute per user" ceiling.
 This module decides admissions; it does not send responses.

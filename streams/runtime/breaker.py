@@ -5,7 +5,7 @@ opens: callers wait instead of sending more calls (and burning records into retr
 the dependency is down. After ``open_seconds`` it lets one probe through (half-open); a success
 closes it, a failure opens it again.
 
-Pure: the clock is injected and nothing here sleeps; ``streams/runner.py`` does the waiting.
+Pure: the clock is injected and nothing here sleeps; ``streams/runtime/runner.py`` does the waiting.
 Hand-rolled rather than a library: the asyncio breakers on PyPI (aiobreaker, purgatory) wrap a
 call, but the runner must decide *before* taking a batch and park the partition, not fail fast.
 """

@@ -2,7 +2,7 @@
 
 Aggregates live in Postgres (``insight_state``), updated by whoever owns the user's partition;
 ``UserInsights`` remembers message ids, so a redelivered message is not counted twice. Each
-insight is defined in ``streams/insights.py`` (and the README).
+insight is defined in ``streams/stages/insights.py`` (and the README).
 """
 
 from __future__ import annotations

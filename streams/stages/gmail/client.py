@@ -59,7 +59,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class GmailClientConfig:
-    """Client knobs; ``streams/cli.py`` fills them from ``Settings``.
+    """Client knobs; ``inboxflow/wiring.py`` fills them from ``Settings``.
 
     Attributes:
         api_root: discovery ``rootUrl``: Google or the emulator's ``.url``.

@@ -1,7 +1,7 @@
 """Gmail quota cost tables (units per call) and per-user ceilings, 2026 and legacy.
 
 Cost is per method, never per format, and a batch of n calls costs n calls
-(shared/reference/gmail-api.md section 1.2). Pure data.
+(``docs/gmail-api.md``, section "Cost per method"). Pure data.
 """
 
 from __future__ import annotations
