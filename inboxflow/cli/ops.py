@@ -1,8 +1,8 @@
 """``inboxflow dlq list|show|redrive|purge``, ``inboxflow replay`` and ``inboxflow lag``.
 
 Thin: reads the settings the root command put in ``ctx.obj`` (through ``OperatorSettings``, so
-``topics`` never imports ``streams``), builds the catalogue, calls ``ops.dlq`` and
-``ops.replay``, prints. Everything that changes Kafka is a dry run unless ``--execute``.
+``topics`` never imports ``streams``), builds the catalogue, calls ``ops.dlq``, ``ops.replay``
+and ``ops.lag``, prints. Everything that changes Kafka is a dry run unless ``--execute``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import click
 from inboxflow.settings import Settings
 from inboxflow.wiring import catalogue_from
 from ops import dlq as dlq_lib
+from ops import lag as lag_lib
 from ops import replay as replay_lib
 from schemas.errors import InboxflowError, RetryClass
 from topics.catalogue import Catalogue, ConsumerGroup
@@ -279,12 +280,12 @@ async def _all_lags(bootstrap: str, catalogue: Catalogue) -> list[dict[str, Any]
         if group.retry_topics:
             pairs.append((group.retry_group_id, [t.name for t in group.retry_topics]))
         for group_id, topics in pairs:
-            lags = await replay_lib.group_lag(bootstrap, group_id, topics)
+            lags = await lag_lib.group_lag(bootstrap, group_id, topics)
             rows.append(
                 {
                     "group_id": group_id,
                     "topics": topics,
-                    "lag": replay_lib.total_lag(lags),
+                    "lag": lag_lib.total_lag(lags),
                     "partitions": [
                         {"topic": tp.topic, "partition": tp.partition, **lag.to_dict()}
                         for tp, lag in sorted(lags.items())
@@ -295,4 +296,4 @@ async def _all_lags(bootstrap: str, catalogue: Catalogue) -> list[dict[str, Any]
 
 
 OPERATOR_COMMANDS = (dlq, replay_command, lag)
-"""Registered on the ``inboxflow`` root by ``streams/cli.py``."""
+"""Registered on the ``inboxflow`` root by ``inboxflow/cli/__init__.py``."""

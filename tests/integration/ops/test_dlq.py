@@ -26,7 +26,6 @@ from ops.dlq import (
     DeadLetter,
     RedriveError,
     RedriveProgress,
-    TokenBucket,
     list_dlqs,
     purge,
     read_dlq,
@@ -34,7 +33,7 @@ from ops.dlq import (
     redrive_headers,
     redrive_target,
 )
-from ops.replay import TopicNotFoundError
+from ops.offsets import TopicNotFoundError
 from schemas import headers as h
 from schemas.errors import Decision, Failure, RetryClass
 from streams.runtime.retry_relay import RetryRelay
@@ -42,6 +41,7 @@ from streams.runtime.routing import attempts_so_far, forward_failed
 from streams.runtime.stage import Outgoing, Record
 from topics.admin import ensure_topics
 from topics.catalogue import Catalogue, ConsumerGroup, build_catalogue
+from topics.kafka import KafkaClients
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -381,7 +381,7 @@ async def test_retry_relay_runs_a_redriven_record_as_its_next_attempt(
             stop.set()
 
     relay = RetryRelay(
-        bootstrap_servers=kafka_bootstrap,
+        kafka=KafkaClients(kafka_bootstrap),
         group_id=group.retry_group_id,
         tier_topics=[tier.topic for tier in group.retry_tiers],
         runners={group.sources[0].name: Recorder()},  # type: ignore[dict-item]
@@ -594,12 +594,8 @@ def test_redrive_target_is_the_first_tier_or_the_original_source() -> None:
     assert redrive_target(catalogue.sync, bare) == (catalogue.sync_requested.name, False)
 
 
-async def test_token_bucket_spaces_sends() -> None:
-    bucket = TokenBucket(100.0)
-    started = time.monotonic()
-    for _ in range(6):
-        await bucket.take()
-    elapsed = time.monotonic() - started
-    assert 0.045 <= elapsed < 1.0  # the first is free, five wait 10 ms each
-    with pytest.raises(ValueError, match="positive"):
-        TokenBucket(0)
+@pytest.mark.parametrize("rate", [0.0, -1.0])
+async def test_redrive_refuses_a_rate_that_is_not_positive(rate: float) -> None:
+    group = build_catalogue("ns", retry_ladders=LADDERS).normalize
+    with pytest.raises(ValueError, match="positive"):  # before any connection: no broker here
+        await redrive("127.0.0.1:1", group, dry_run=False, rate_per_second=rate)

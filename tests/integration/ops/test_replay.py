@@ -15,17 +15,13 @@ from click.testing import CliRunner
 
 from inboxflow.cli.ops import lag, replay_command
 from inboxflow.settings import Settings
-from ops.replay import (
-    GroupActiveError,
-    group_lag,
-    group_state,
-    kafka_admin,
-    replay,
-    total_lag,
-)
+from ops.lag import group_lag, total_lag
+from ops.offsets import group_state
+from ops.replay import GroupActiveError, replay
 from tests.helpers import async_wait_until
 from topics.admin import ensure_topics
 from topics.catalogue import Catalogue, build_catalogue
+from topics.kafka import KafkaClients, started
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -174,7 +170,7 @@ async def test_replay_refuses_an_active_group(
         await member.stop()
 
     async def empty() -> bool:
-        async with kafka_admin(kafka_bootstrap) as admin:
+        async with started(KafkaClients(kafka_bootstrap).admin(), kafka_bootstrap) as admin:
             return (await group_state(admin, group_id))[0] == "Empty"
 
     await async_wait_until(empty, timeout=60, message="group empty after the member left")
