@@ -168,9 +168,10 @@ def test_poison_record_lands_in_the_dead_letter_topic_while_the_rest_flows(
 
 
 async def publish(pipeline: Pipeline, record: Outgoing) -> None:
-    from streams.runtime.runner import Publisher
+    from streams.runtime.publisher import KafkaPublisher
+    from topics.kafka import KafkaClients
 
-    publisher = Publisher(pipeline.settings.kafka_bootstrap_servers)
+    publisher = KafkaPublisher(KafkaClients(pipeline.settings.kafka_bootstrap_servers))
     try:
         await publisher.publish([record])
     finally:

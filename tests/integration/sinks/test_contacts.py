@@ -22,11 +22,12 @@ from tests.integration.sink_support import (
     shuffled_with_duplicates,
     sightings,
 )
+from topics.kafka import KafkaClients
 
 
 def _config(kafka_bootstrap: str, database_url: str, unique_name: Callable[..., str]) -> SinkConfig:
     return SinkConfig(
-        bootstrap_servers=kafka_bootstrap,
+        kafka=KafkaClients(kafka_bootstrap),
         conninfo=database_url,
         group_id=unique_name("g"),
         dlq_topic=unique_name("dlq"),

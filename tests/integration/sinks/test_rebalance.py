@@ -23,6 +23,7 @@ from tests.integration.sink_support import (
     shuffled_with_duplicates,
     stored_offsets,
 )
+from topics.kafka import KafkaClients
 
 
 class LedgerWriter:
@@ -78,7 +79,7 @@ async def test_two_sinks_in_one_group_commit_each_record_once(
     mixed = shuffled_with_duplicates(events, 0.2)
     chunks = [mixed[i::3] for i in range(3)]
     config = SinkConfig(
-        bootstrap_servers=kafka_bootstrap,
+        kafka=KafkaClients(kafka_bootstrap),
         conninfo=database_url,
         group_id=unique_name("g"),
         dlq_topic=unique_name("dlq"),
@@ -141,7 +142,7 @@ async def test_batch_of_a_partition_moved_during_the_write_is_not_applied_twice(
     await create_topic(kafka_bootstrap, topic, partitions=2)
     events = job_events(jobs=400, versions=2, seed=9)
     config = SinkConfig(
-        bootstrap_servers=kafka_bootstrap,
+        kafka=KafkaClients(kafka_bootstrap),
         conninfo=database_url,
         group_id=unique_name("g"),
         dlq_topic=unique_name("dlq"),

@@ -11,13 +11,15 @@ from aiokafka import AIOKafkaProducer
 from schemas import headers as h
 from schemas.errors import TransientError
 from schemas.models import JobKind
+from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.retry_relay import RetryRelay
-from streams.runtime.runner import Publisher, StageRunner
+from streams.runtime.runner import StageRunner
 from streams.runtime.stage import JobRef, Outcome, Record
 from tests.helpers import async_wait_until
 from tests.integration.devstack.test_devstack import read_all
 from topics.admin import ensure_topics
 from topics.catalogue import build_catalogue
+from topics.kafka import KafkaClients
 
 
 class RecordingStage:
@@ -58,7 +60,7 @@ async def test_records_run_at_their_due_time_and_failures_climb_the_ladder(
     group = catalogue.normalize
     first_tier = group.retry_tiers[0].topic
     stage = RecordingStage(fail_once={b"flaky"})
-    publisher = Publisher(kafka_bootstrap)
+    publisher = KafkaPublisher(KafkaClients(kafka_bootstrap))
     runner = StageRunner(
         stage, group, job_topic=catalogue.job_state_changed.name, publisher=publisher
     )
@@ -82,7 +84,7 @@ async def test_records_run_at_their_due_time_and_failures_climb_the_ladder(
         await producer.stop()
 
     relay = RetryRelay(
-        bootstrap_servers=kafka_bootstrap,
+        kafka=KafkaClients(kafka_bootstrap),
         group_id=group.retry_group_id,
         tier_topics=[tier.topic for tier in group.retry_tiers],
         runners={catalogue.message_fetched.name: runner},
