@@ -34,6 +34,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_block(count: int, attempts: int = 50) -> int:
+    """Return the first of ``count`` consecutive ports on 127.0.0.1 that were all free a moment ago.
+
+    For processes that take ``base + index`` ports (each worker serves its own metrics).
+    """
+    for _ in range(attempts):
+        base = free_port()
+        if base + count <= 65535 and all(_bindable(base + i) for i in range(1, count)):
+            return base
+    raise StackError(f"no {count} consecutive free ports found in {attempts} tries")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def port_is_open(port: int, host: str = "127.0.0.1") -> bool:
     """Return True when something accepts TCP connections on host:port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -18,8 +18,10 @@ from devstack.embedding_emulator import EmbeddingEmulator, EmulatorFaults
 from devstack.gmail_emulator.faults import FaultConfig
 from devstack.gmail_emulator.mailbox import ListQuery
 from devstack.gmail_emulator.server import GmailEmulator
-from devstack.processes import free_port
+from devstack.processes import free_port_block
 from devstack.stack import Stack
+from inboxflow.supervisor import SINKS
+from inboxflow.wiring import AGENTS
 from ops.dlq import redrive
 from schemas import headers as h
 from schemas.models import EmailNormalized, JobStateChanged, MessageDiscovered
@@ -192,7 +194,8 @@ def plain_gmail() -> Iterator[GmailEmulator]:
 
 @pytest.fixture(scope="module")
 def metrics_base() -> int:
-    return free_port()
+    # Every agent and sink process serves metrics on base + its index (see supervisor.start_all).
+    return free_port_block(len(AGENTS) + len(SINKS))
 
 
 @pytest.fixture(scope="module")
