@@ -6,7 +6,7 @@ import asyncio
 import io
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +23,7 @@ from schemas.models import ContactExtracted, ContactRole, Event, JobKind, JobSta
 from schemas.store import default_store
 from sinks.base import PostgresSink, RowWriter, SinkConfig
 from sinks.metrics import SinkMetrics
+from topics.kafka import KafkaClients
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 STATUSES = [JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.RETRYING, JobStatus.DONE]
@@ -316,3 +317,19 @@ async def running_sink(
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)
+
+
+def sink_config(
+    kafka_bootstrap: str,
+    database_url: str,
+    unique_name: Callable[..., str],
+    **overrides: Any,
+) -> SinkConfig:
+    """Return a sink config with this test's own group and dead-letter topic."""
+    return SinkConfig(
+        kafka=KafkaClients(kafka_bootstrap),
+        conninfo=database_url,
+        group_id=unique_name("g"),
+        dlq_topic=unique_name("dlq"),
+        **overrides,
+    )

@@ -21,18 +21,12 @@ from tests.integration.sink_support import (
     running_sink,
     shuffled_with_duplicates,
     sightings,
+    sink_config,
 )
-from topics.kafka import KafkaClients
 
 
 def _config(kafka_bootstrap: str, database_url: str, unique_name: Callable[..., str]) -> SinkConfig:
-    return SinkConfig(
-        kafka=KafkaClients(kafka_bootstrap),
-        conninfo=database_url,
-        group_id=unique_name("g"),
-        dlq_topic=unique_name("dlq"),
-        max_batch_records=700,
-    )
+    return sink_config(kafka_bootstrap, database_url, unique_name, max_batch_records=700)
 
 
 async def test_replayed_sightings_are_counted_once(

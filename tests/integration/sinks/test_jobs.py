@@ -30,17 +30,16 @@ from tests.integration.sink_support import (
     read_topic,
     running_sink,
     shuffled_with_duplicates,
+    sink_config,
     stored_offsets,
 )
-from topics.kafka import KafkaClients
 
 
 def _config(kafka_bootstrap: str, database_url: str, unique_name: Callable[..., str]) -> SinkConfig:
-    return SinkConfig(
-        kafka=KafkaClients(kafka_bootstrap),
-        conninfo=database_url,
-        group_id=unique_name("g"),
-        dlq_topic=unique_name("dlq"),
+    return sink_config(
+        kafka_bootstrap,
+        database_url,
+        unique_name,
         max_batch_records=3000,
         backoff_initial=0.05,
         backoff_max=0.5,
