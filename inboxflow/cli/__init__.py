@@ -2,23 +2,50 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import click
 
 from db.migrate import apply_migrations
-from inboxflow.cli.bench import bench
-from inboxflow.cli.dev import dev
-from inboxflow.cli.emulator import emulator
-from inboxflow.cli.ops import OPERATOR_COMMANDS
-from inboxflow.cli.run import run
-from inboxflow.cli.sink import sink
-from inboxflow.cli.topics import topics
-from inboxflow.cli.worker import sync, worker
 from inboxflow.settings import Settings
 
+# Command -> "module:attribute". A command's module is imported only when that command runs, so a
+# worker process loads the worker, not the local stack, the emulators or the benchmarks.
+COMMANDS: Mapping[str, str] = {
+    "bench": "inboxflow.cli.bench:bench",
+    "dev": "inboxflow.cli.dev:dev",
+    "dlq": "inboxflow.cli.ops:dlq",
+    "emulator": "inboxflow.cli.emulator:emulator",
+    "lag": "inboxflow.cli.ops:lag",
+    "replay": "inboxflow.cli.ops:replay_command",
+    "run": "inboxflow.cli.run:run",
+    "sink": "inboxflow.cli.sink:sink",
+    "sync": "inboxflow.cli.worker:sync",
+    "topics": "inboxflow.cli.topics:topics",
+    "worker": "inboxflow.cli.worker:worker",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _LazyGroup(click.Group):
+    """A click group whose subcommands in ``COMMANDS`` are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module, _, attribute = COMMANDS[cmd_name].partition(":")
+        command: Any = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{COMMANDS[cmd_name]} is not a click command")
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int) -> None:
@@ -42,10 +69,6 @@ def migrate(settings: Settings) -> None:
     """Apply pending migrations to DATABASE_URL (idempotent)."""
     applied = apply_migrations(settings.database_url.get_secret_value())
     click.echo(f"Applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}.")
-
-
-for _command in (dev, run, worker, sync, sink, topics, emulator, bench, *OPERATOR_COMMANDS):
-    cli.add_command(_command)
 
 
 def main() -> None:

@@ -293,7 +293,3 @@ async def _all_lags(bootstrap: str, catalogue: Catalogue) -> list[dict[str, Any]
                 }
             )
     return rows
-
-
-OPERATOR_COMMANDS = (dlq, replay_command, lag)
-"""Registered on the ``inboxflow`` root by ``inboxflow/cli/__init__.py``."""

@@ -11,6 +11,9 @@ A package may import only the packages listed for it here; nothing imports ``inb
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,3 +96,27 @@ def test_the_checker_catches_forbidden_imports_in_every_form(tmp_path: Path) -> 
         "sinks/stages/bad.py:2 imports streams",
         "sinks/stages/bad.py:5 imports inboxflow",
     ]
+
+
+@pytest.mark.parametrize("command", ["worker", "sink", "sync", "dlq"])
+def test_production_commands_load_no_dev_stack(command: str) -> None:
+    # A fresh interpreter: what resolving the command imports, not what this test session has.
+    probe = (
+        "import json, sys\n"
+        "from inboxflow.cli import cli\n"
+        f"cli.get_command(None, {command!r})\n"
+        "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))\n"
+    )
+    loaded = subprocess.run(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert "devstack" not in json.loads(loaded.stdout)
+
+
+def test_every_command_resolves() -> None:
+    from inboxflow.cli import COMMANDS, cli
+
+    names = {name: cli.get_command(None, name) for name in COMMANDS}
+    assert {name: getattr(command, "name", None) for name, command in names.items()} == {
+        name: name for name in COMMANDS
+    }
