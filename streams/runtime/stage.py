@@ -27,19 +27,6 @@ class Record:
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
 
-    def header(self, name: str) -> bytes | None:
-        """Return the last value of header ``name``, or None."""
-        found = None
-        for key, value in self.headers:
-            if key == name:
-                found = value
-        return found
-
-    def header_text(self, name: str) -> str | None:
-        """Return header ``name`` decoded as UTF-8, or None."""
-        raw = self.header(name)
-        return raw.decode("utf-8", "replace") if raw is not None else None
-
 
 @dataclass(frozen=True)
 class Outgoing:
