@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from aiokafka.admin import NewTopic
 
-from topics.kafka import KafkaClients, started
+from topics.kafka import KafkaClients
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,15 @@ async def kafka_round_trip(
     topic = f"inboxflow.devstack.check-{uuid.uuid4().hex[:8]}"
     kafka = KafkaClients(bootstrap, client_id="inboxflow-devstack-check")
     began = time.perf_counter()
-    async with started(kafka.admin(), bootstrap) as admin:
+    async with kafka.started(kafka.admin()) as admin:
         await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
         try:
             key, value = "user-check", f"hello {uuid.uuid4().hex[:6]}"
-            async with started(kafka.producer(), bootstrap) as producer:
+            async with kafka.started(kafka.producer()) as producer:
                 await producer.send_and_wait(
                     topic, value.encode(), key=key.encode(), headers=[("source", b"devstack")]
                 )
-            async with started(kafka.consumer(topic), bootstrap) as consumer:
+            async with kafka.started(kafka.consumer(topic)) as consumer:
                 batch = await consumer.getmany(timeout_ms=int(wait_seconds * 1000), max_records=1)
             records = [record for records in batch.values() for record in records]
             if not records:

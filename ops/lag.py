@@ -14,7 +14,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from ops.offsets import OPERATOR_CLIENT_ID, committed_offsets, topic_partitions
-from topics.kafka import KafkaClients, started
+from topics.kafka import KafkaClients
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ async def group_lag(
     """
     kafka = KafkaClients(bootstrap, client_id=OPERATOR_CLIENT_ID)
     async with (
-        started(kafka.consumer(), bootstrap) as consumer,
-        started(kafka.admin(), bootstrap) as admin,
+        kafka.started(kafka.consumer()) as consumer,
+        kafka.started(kafka.admin()) as admin,
     ):
         partitions = await topic_partitions(admin, topics)
         starts = await consumer.beginning_offsets(partitions)

@@ -34,7 +34,7 @@ from ops.offsets import (
     topic_partitions,
 )
 from schemas.errors import PermanentError
-from topics.kafka import KafkaClients, started
+from topics.kafka import KafkaClients
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +142,8 @@ async def replay(
     kafka = KafkaClients(bootstrap, client_id=OPERATOR_CLIENT_ID)
     async with (
         # Joins no group: it only commits for ``group_id`` from outside (manual assignment).
-        started(kafka.consumer(group_id=group_id), bootstrap) as consumer,
-        started(kafka.admin(), bootstrap) as admin,
+        kafka.started(kafka.consumer(group_id=group_id)) as consumer,
+        kafka.started(kafka.admin()) as admin,
     ):
         state = await ensure_inactive(admin, group_id)
         partitions = await topic_partitions(admin, topics)

@@ -27,7 +27,7 @@ from aiokafka.errors import KafkaError, for_code
 
 from schemas.errors import PermanentError, TransientError
 from topics.catalogue import TopicSpec
-from topics.kafka import KafkaClients, started
+from topics.kafka import KafkaClients
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +109,9 @@ async def ensure_topics(
         TopicAdminError: the cluster refused a creation or change (bad config, too few brokers).
     """
     wanted = _unique(specs)
-    admin = KafkaClients(bootstrap_servers).admin(
-        client_id=client_id, request_timeout_ms=request_timeout_ms
-    )
-    async with started(admin, bootstrap_servers):
+    kafka = KafkaClients(bootstrap_servers, client_id=client_id)
+    admin = kafka.admin(request_timeout_ms=request_timeout_ms)
+    async with kafka.started(admin):
         return await _apply(admin, wanted, request_timeout_ms / 1000)
 
 

@@ -3,7 +3,8 @@
 The stage runtime, the retry relays, the sinks, the operator tools, the benchmarks and the local
 stack's checks all get their producers, consumers and admin clients from ``KafkaClients``, so a
 connection setting or a size limit is set once and a record one client may write another can
-read. ``started`` is the one place where "Kafka cannot be reached" becomes a ``TransientError``.
+read. ``KafkaClients.started`` is the one place where "Kafka cannot be reached" becomes a
+``TransientError``.
 
 This module must not read the environment: ``inboxflow.wiring`` builds ``KafkaClients`` from
 the settings.
@@ -39,9 +40,10 @@ C = TypeVar("C", bound=_Client)
 
 @dataclass(frozen=True)
 class KafkaClients:
-    """Builds clients for one cluster; the clients are not started (``started`` does that).
+    """Builds clients for one cluster; the clients are not started.
 
-    Clients must be built inside the running event loop: aiokafka binds to it.
+    Clients must be built inside the running event loop: aiokafka binds to it. ``started``
+    starts one and stops it at the end of its block.
     """
 
     bootstrap_servers: str
@@ -92,32 +94,31 @@ class KafkaClients:
             **overrides,
         )
 
+    @asynccontextmanager
+    async def started(self, client: C) -> AsyncIterator[C]:
+        """Start ``client`` (built by this object), yield it, and stop it however the block ends.
+
+        Raises:
+            TransientError: the cluster cannot be reached, at start or while in use.
+        """
+        try:
+            await client.start()
+        except KafkaConnectionError as exc:
+            raise TransientError(f"Kafka at {self.bootstrap_servers} unreachable: {exc}") from exc
+        try:
+            yield client
+        except KafkaConnectionError as exc:
+            raise TransientError(f"lost Kafka at {self.bootstrap_servers}: {exc}") from exc
+        finally:
+            await _close(client)
+
     def faust_brokers(self) -> list[str]:
         """Return the bootstrap servers as faust's ``broker`` setting wants them."""
         return [f"kafka://{server.strip()}" for server in self.bootstrap_servers.split(",")]
 
 
-@asynccontextmanager
-async def started(client: C, bootstrap_servers: str) -> AsyncIterator[C]:
-    """Start ``client``, yield it, and stop it however the block ends.
-
-    Raises:
-        TransientError: the cluster cannot be reached, at start or while in use.
-    """
-    try:
-        await client.start()
-    except KafkaConnectionError as exc:
-        raise TransientError(f"Kafka at {bootstrap_servers} unreachable: {exc}") from exc
-    try:
-        yield client
-    except KafkaConnectionError as exc:
-        raise TransientError(f"lost Kafka at {bootstrap_servers}: {exc}") from exc
-    finally:
-        await _close(client)
-
-
 async def _close(client: object) -> None:
-    # Admin clients close, producers and consumers stop; each is safe on a client not started.
+    # Admin clients close; producers and consumers stop.
     closer = getattr(client, "stop", None) or getattr(client, "close", None)
     if closer is not None:
         await closer()

@@ -35,7 +35,7 @@ from schemas.serde import decode, encode
 from streams.stages.mime import normalized_event
 from topics.admin import ensure_topics
 from topics.catalogue import Catalogue, build_catalogue
-from topics.kafka import KafkaClients, started
+from topics.kafka import KafkaClients
 
 _PARTITIONS = 3
 
@@ -79,7 +79,7 @@ def fetched_events(count: int, user: str = "bench@inboxflow.test") -> list[Gmail
 
 async def _produce(bootstrap: str, topic: str, events: list[GmailMessageFetched]) -> None:
     kafka = KafkaClients(bootstrap)
-    async with started(kafka.producer(), bootstrap) as producer:
+    async with kafka.started(kafka.producer()) as producer:
         for index, event in enumerate(events):
             # Spread over partitions (one user id would put everything on one).
             await producer.send(topic, encode(event), key=f"u{index % 12}".encode())
@@ -89,7 +89,8 @@ async def _produce(bootstrap: str, topic: str, events: list[GmailMessageFetched]
 async def _output_times(bootstrap: str, topic: str, count: int, deadline: float) -> list[float]:
     """Arrival time of each output record, read as they come."""
     arrivals: list[float] = []
-    async with started(KafkaClients(bootstrap).consumer(topic), bootstrap) as consumer:
+    kafka = KafkaClients(bootstrap)
+    async with kafka.started(kafka.consumer(topic)) as consumer:
         while len(arrivals) < count and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
             now = time.monotonic()
@@ -102,8 +103,8 @@ async def _output_times(bootstrap: str, topic: str, count: int, deadline: float)
 async def _naive_peer(bootstrap: str, source: str, target: str, count: int, group: str) -> None:
     kafka = KafkaClients(bootstrap, client_id="naive-peer")
     async with (
-        started(kafka.consumer(source, group_id=group), bootstrap) as consumer,
-        started(kafka.producer(enable_idempotence=False, linger_ms=0), bootstrap) as producer,
+        kafka.started(kafka.consumer(source, group_id=group)) as consumer,
+        kafka.started(kafka.producer(enable_idempotence=False, linger_ms=0)) as producer,
     ):
         for _ in range(count):
             record = await consumer.getone()

@@ -28,7 +28,7 @@ from schemas.models import JobKind, JobStateChanged, JobStatus
 from sinks.base import Decoded, PostgresSink, SinkConfig
 from sinks.job_state import UPSERT_ROW, JobStateWriter, WriteMethod, decode_job_state, job_row
 from sinks.metrics import SinkMetrics
-from topics.kafka import KafkaClients, started
+from topics.kafka import KafkaClients
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ async def run_sink_bench(
     run_id = uuid.uuid4().hex[:8]
     topic, user_id = f"inboxflow.bench.sink-{run_id}", f"bench-{run_id}"
     groups = [f"inboxflow-bench-sink-{run_id}", f"inboxflow-bench-naive-{run_id}"]
-    async with started(kafka.admin(), kafka.bootstrap_servers) as admin:
+    async with kafka.started(kafka.admin()) as admin:
         await admin.create_topics([NewTopic(topic, _PARTITIONS, 1)])
         try:
             ends = await _produce(kafka, topic, bench_events(user_id, events))
@@ -151,7 +151,7 @@ async def run_sink_bench(
 async def _produce(
     kafka: KafkaClients, topic: str, events: list[JobStateChanged]
 ) -> dict[int, int]:
-    async with started(kafka.producer(linger_ms=10), kafka.bootstrap_servers) as producer:
+    async with kafka.started(kafka.producer(linger_ms=10)) as producer:
         futures = [
             await producer.send(topic, key=event.kafka_key(), value=serde.encode(event))
             for event in events
@@ -205,7 +205,7 @@ async def _time_naive(
     """One transaction per record, offsets auto-committed to Kafka: the naive peer."""
     consumer = kafka.consumer(topic, group_id=group_id, enable_auto_commit=True)
     async with (
-        started(consumer, kafka.bootstrap_servers),
+        kafka.started(consumer),
         await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn,
     ):
         seen, began = 0, 0.0

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from ops.offsets import OPERATOR_CLIENT_ID, topic_partitions
 from schemas import headers as h
 from schemas.errors import TransientError
-from topics.kafka import KafkaClients, started
+from topics.kafka import KafkaClients
 
 _POLL_MS = 500
 _STALL_SECONDS = 30.0
@@ -160,8 +160,8 @@ async def read_dlq(
         raise ValueError(f"limit must be >= 1, got {limit}")
     kafka = KafkaClients(bootstrap, client_id=OPERATOR_CLIENT_ID)
     async with (
-        started(kafka.consumer(), bootstrap) as consumer,
-        started(kafka.admin(), bootstrap) as admin,
+        kafka.started(kafka.consumer()) as consumer,
+        kafka.started(kafka.admin()) as admin,
     ):
         partitions = [
             tp

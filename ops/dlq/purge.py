@@ -21,7 +21,7 @@ from ops.dlq.progress import RedriveProgress, load_progress, redrive_group_id
 from ops.offsets import OPERATOR_CLIENT_ID, commit_offsets, topic_partitions
 from schemas.errors import PermanentError
 from topics.catalogue import ConsumerGroup
-from topics.kafka import KafkaClients, started
+from topics.kafka import KafkaClients
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ async def purge(
     """
     kafka = KafkaClients(bootstrap, client_id=OPERATOR_CLIENT_ID)
     async with (
-        started(kafka.consumer(group_id=redrive_group_id(group)), bootstrap) as consumer,
-        started(kafka.admin(), bootstrap) as admin,
+        kafka.started(kafka.consumer(group_id=redrive_group_id(group))) as consumer,
+        kafka.started(kafka.admin()) as admin,
     ):
         partitions = await topic_partitions(admin, [group.dlq.name])
         starts = await consumer.beginning_offsets(partitions)

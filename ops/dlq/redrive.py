@@ -35,7 +35,7 @@ from ops.offsets import OPERATOR_CLIENT_ID, commit_offsets, topic_partitions
 from schemas import headers as h
 from schemas.errors import PermanentError
 from topics.catalogue import ConsumerGroup
-from topics.kafka import KafkaClients, started
+from topics.kafka import KafkaClients
 
 logger = logging.getLogger(__name__)
 
@@ -262,8 +262,8 @@ async def redrive(
     )
     kafka = KafkaClients(bootstrap, client_id=OPERATOR_CLIENT_ID)
     async with (
-        started(kafka.consumer(group_id=redrive_group_id(group)), bootstrap) as consumer,
-        started(kafka.admin(), bootstrap) as admin,
+        kafka.started(kafka.consumer(group_id=redrive_group_id(group))) as consumer,
+        kafka.started(kafka.admin()) as admin,
     ):
         partitions = await topic_partitions(admin, [group.dlq.name])
         await _check_targets(admin, group, len(partitions))
@@ -337,7 +337,7 @@ async def _producer_unless(
         yield None
         return
     producer = kafka.producer(client_id=REDRIVE_CLIENT_ID)
-    async with started(producer, kafka.bootstrap_servers) as running:
+    async with kafka.started(producer) as running:
         yield running
 
 

@@ -19,7 +19,7 @@ from ops.dlq.letters import dead_letter_from, scan
 from ops.dlq.progress import load_progress, redrive_group_id
 from ops.offsets import OPERATOR_CLIENT_ID, existing_partitions, topic_partitions
 from topics.catalogue import Catalogue, ConsumerGroup
-from topics.kafka import KafkaClients, started
+from topics.kafka import KafkaClients
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ async def list_dlqs(bootstrap: str, catalogue: Catalogue) -> list[DlqSummary]:
     """
     kafka = KafkaClients(bootstrap, client_id=OPERATOR_CLIENT_ID)
     async with (
-        started(kafka.consumer(), bootstrap) as consumer,
-        started(kafka.admin(), bootstrap) as admin,
+        kafka.started(kafka.consumer()) as consumer,
+        kafka.started(kafka.admin()) as admin,
     ):
         existing = await existing_partitions(admin)
         return [

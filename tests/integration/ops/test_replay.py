@@ -21,7 +21,7 @@ from ops.replay import GroupActiveError, replay
 from tests.helpers import async_wait_until
 from topics.admin import ensure_topics
 from topics.catalogue import Catalogue, build_catalogue
-from topics.kafka import KafkaClients, started
+from topics.kafka import KafkaClients
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -170,7 +170,8 @@ async def test_replay_refuses_an_active_group(
         await member.stop()
 
     async def empty() -> bool:
-        async with started(KafkaClients(kafka_bootstrap).admin(), kafka_bootstrap) as admin:
+        kafka = KafkaClients(kafka_bootstrap)
+        async with kafka.started(kafka.admin()) as admin:
             return (await group_state(admin, group_id))[0] == "Empty"
 
     await async_wait_until(empty, timeout=60, message="group empty after the member left")
