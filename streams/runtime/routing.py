@@ -19,20 +19,28 @@ from streams.runtime.stage import JobRef, Outgoing, Record
 # version = phase * 1_000_000 + attempt * 10 + rank. A later phase (normalize after fetch, for
 # the same message job) always wins, then a later attempt; within one attempt the state only
 # moves forward; a replay of the same attempt rewrites the same version and changes nothing.
+#
+# ``done`` is final within its phase: it takes the phase's highest version whatever the attempt.
+# A record redelivered after a crash, or replayed, runs again at attempt 1 or later; without
+# this, its ``processing`` (or a ``dead`` once its budget ran out) would outrank the earlier
+# ``done`` and move a finished job backwards. Only a later phase moves a done job on.
 PHASE_WEIGHT = 1_000_000
+DONE_IN_PHASE = PHASE_WEIGHT - 1
+_MAX_ATTEMPT = PHASE_WEIGHT // 10 - 2  # keeps every non-done version below DONE_IN_PHASE
 _RANK = {
     JobStatus.QUEUED: 0,
     JobStatus.PROCESSING: 1,
     JobStatus.RETRYING: 2,
     JobStatus.ERROR: 3,
     JobStatus.DEAD: 4,
-    JobStatus.DONE: 5,
 }
 
 
 def job_version(attempt: int, status: JobStatus, phase: int = 0) -> int:
     """Return the monotonic version of a job state at attempt ``attempt`` (0 for queued)."""
-    return phase * PHASE_WEIGHT + min(attempt, PHASE_WEIGHT // 10 - 1) * 10 + _RANK[status]
+    if status is JobStatus.DONE:
+        return phase * PHASE_WEIGHT + DONE_IN_PHASE
+    return phase * PHASE_WEIGHT + min(attempt, _MAX_ATTEMPT) * 10 + _RANK[status]
 
 
 def job_id(kind: JobKind, ref: JobRef) -> str:
@@ -110,9 +118,7 @@ def forward_failed(
             (h.DUE_TIMESTAMP, h.encode_text(int(decision.due_at * 1000))),
             (h.RETRY_TOPIC, h.encode_text(decision.topic)),
         ]
-    return Outgoing(
-        decision.topic, record.key or b"", record.value, kept + tuple(added), record.partition
-    )
+    return Outgoing(decision.topic, record.key, record.value, kept + tuple(added), record.partition)
 
 
 _REPLACED = frozenset({h.ATTEMPTS, h.DUE_TIMESTAMP, h.RETRY_TOPIC, h.RETRY_AFTER, *h.ERROR_HEADERS})

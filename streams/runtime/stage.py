@@ -33,7 +33,7 @@ class Outgoing:
     """A record to produce: keyed by user id so each user's events stay on one partition."""
 
     topic: str
-    key: bytes
+    key: bytes | None  # None only for a forwarded record that had no key: kept as it was
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
     partition: int | None = None  # None: by key; retry tiers keep the source partition number

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from aiokafka import TopicPartition
 
+from db.migrate import load_migrations
 from devstack.postgres import PostgresServer
 from schemas import serde
 from sinks.base import SinkConfig
@@ -271,3 +272,22 @@ async def test_sink_started_while_the_database_is_down_waits_and_catches_up(
             postgres_server.start()
 
     assert read_jobs(database_url) == expected_jobs(events)
+
+
+def test_migration_lifts_done_rows_written_before_done_was_final(database_url: str) -> None:
+    # Rows written with the old versions (done at attempt * 10 + 5) must outrank a redelivery too.
+    migration = next(m for m in load_migrations() if m.name.startswith("0009_"))
+    with psycopg.connect(database_url) as conn:
+        for job, status, version in [
+            ("done-0", "done", 15),
+            ("done-1", "done", 1_000_025),
+            ("dead-0", "dead", 84),
+        ]:
+            conn.execute(
+                "INSERT INTO jobs (id, user_id, kind, status, subject_id, version)"
+                " VALUES (%s, 'u', 'normalize_google_email', %s, 'm', %s)",
+                (job, status, version),
+            )
+        conn.execute(migration.sql)
+        versions = dict(conn.execute("SELECT id, version FROM jobs").fetchall())
+    assert versions == {"done-0": 999_999, "done-1": 1_999_999, "dead-0": 84}

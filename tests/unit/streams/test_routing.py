@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
 from schemas import headers as h
 from schemas.errors import Decision, Failure, RetryClass
 from schemas.models import JobKind, JobStateChanged, JobStatus
@@ -65,6 +70,21 @@ def test_forward_keeps_key_value_headers_and_partition() -> None:
     assert headers[h.RETRY_AFTER] == b"3.000"
 
 
+def test_a_record_without_a_key_is_forwarded_without_one() -> None:
+    keyless = Record(SOURCE.topic, 2, 41, 0, None, b"poison")
+    out = forward_failed(
+        keyless,
+        decision=Decision("ns.normalize.dlq", None, dead=True),
+        failure=Failure(RetryClass.PERMANENT, "undecodable"),
+        attempt=1,
+        group_id="ns-normalize",
+        handler="normalize",
+        now=1000.0,
+    )
+    assert out.key is None  # not b"": an empty key is a key, and hashes to a partition
+    assert (out.value, out.partition) == (b"poison", 2)
+
+
 def test_second_failure_keeps_the_original_context_and_replaces_the_error() -> None:
     twice = retry(retry(SOURCE, 1), 2)
     assert attempts_so_far(twice) == 2
@@ -103,6 +123,42 @@ def test_job_versions_only_move_forward() -> None:
     ]
     assert order == sorted(order)
     assert len(set(order)) == len(order)
+
+
+def test_done_outranks_every_later_attempt_of_its_phase_but_not_a_later_phase() -> None:
+    done = job_version(1, JobStatus.DONE)
+    assert done > job_version(2, JobStatus.PROCESSING)  # the same input redelivered after done
+    assert done > job_version(10**9, JobStatus.DEAD)  # its retries then ran out
+    assert done < job_version(0, JobStatus.QUEUED, phase=1)
+    assert job_version(9, JobStatus.DONE) == done  # a replay of a done job changes nothing
+
+
+# One run of a record through a stage: (phase, attempt, how it ended). A job's runs are its live
+# attempts, redeliveries after a crash (the same attempt again) and replays (attempt 1 again).
+_RUN = st.tuples(
+    st.integers(0, 1),
+    st.integers(1, 12),
+    st.sampled_from([JobStatus.DONE, JobStatus.RETRYING, JobStatus.ERROR, JobStatus.DEAD]),
+)
+
+
+@given(runs=st.lists(_RUN, min_size=1, max_size=12), seed=st.integers())
+def test_a_job_that_reached_done_in_its_last_phase_ends_done_whatever_the_interleaving(
+    runs: list[tuple[int, int, JobStatus]], seed: int
+) -> None:
+    # Every run writes `processing` then its end state; the sink keeps the highest version
+    # (sinks.job_state), so the row is the maximum of all events in any delivery order.
+    events = [
+        (job_version(attempt, status, phase), status)
+        for phase, attempt, end in runs
+        for status in (JobStatus.PROCESSING, end)
+    ]
+    random.Random(seed).shuffle(events)
+    final_version, final_status = max(events, key=lambda event: event[0])
+    last_phase = max(phase for phase, _, _ in runs)
+    ends_in_last_phase = {end for phase, _, end in runs if phase == last_phase}
+    assert (final_status is JobStatus.DONE) == (JobStatus.DONE in ends_in_last_phase)
+    assert final_version // 1_000_000 == last_phase
 
 
 def test_failed_status_tells_bad_input_from_exhausted_retries() -> None:
