@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from streams.runtime.stage import Outgoing
 
@@ -14,14 +15,17 @@ class MemoryPublisher:
     Every record sent or published is appended to ``records`` in order, and its future is
     resolved at once with its index in that list (its "offset"). ``fail_publish`` and
     ``fail_send`` make the next calls raise a given exception (``KafkaTimeoutError``,
-    ``MessageSizeTooLargeError``...) before anything is recorded, as a refused or timed-out
-    produce would, so tests can drive the runner's retry and dead-letter paths.
+    ``MessageSizeTooLargeError``...) before anything is recorded, as a produce refused before
+    queueing would. ``refuse`` fails the futures of chosen records instead, recording nothing
+    of them, as a broker refusing one record of a batch would. Tests drive the runner's retry
+    and dead-letter paths with them.
     """
 
     def __init__(self) -> None:
         self.records: list[Outgoing] = []
         self.calls: list[tuple[str, int]] = []  # ("send" | "publish", number of records)
         self._failures: dict[str, list[Callable[[], BaseException]]] = {"send": [], "publish": []}
+        self._refusals: list[_Refusal] = []
 
     def fail_publish(self, count: int, error: Callable[[], BaseException]) -> None:
         """Make the next ``count`` calls to ``publish`` raise ``error()``, recording nothing."""
@@ -30,6 +34,16 @@ class MemoryPublisher:
     def fail_send(self, count: int, error: Callable[[], BaseException]) -> None:
         """Make the next ``count`` calls to ``send`` raise ``error()``, recording nothing."""
         self._failures["send"] += [error] * count
+
+    def refuse(
+        self,
+        match: Callable[[Outgoing], bool],
+        error: Callable[[], BaseException],
+        *,
+        times: int | None = 1,
+    ) -> None:
+        """Fail the futures of the next ``times`` records ``match`` picks (None: every one)."""
+        self._refusals.append(_Refusal(match, error, times))
 
     def on(self, topic: str) -> list[Outgoing]:
         """Return the records written to ``topic``, in order."""
@@ -42,8 +56,12 @@ class MemoryPublisher:
         futures: list[asyncio.Future[object]] = []
         for record in records:
             future: asyncio.Future[object] = loop.create_future()
-            future.set_result(len(self.records))
-            self.records.append(record)
+            refusal = self._refusal_for(record)
+            if refusal is None:
+                future.set_result(len(self.records))
+                self.records.append(record)
+            else:
+                future.set_exception(refusal.error())
             futures.append(future)
         return futures
 
@@ -52,8 +70,23 @@ class MemoryPublisher:
         self._maybe_fail("publish", len(records))
         self.records.extend(records)
 
+    def _refusal_for(self, record: Outgoing) -> _Refusal | None:
+        for refusal in self._refusals:
+            if refusal.times != 0 and refusal.match(record):
+                if refusal.times is not None:
+                    refusal.times -= 1
+                return refusal
+        return None
+
     def _maybe_fail(self, call: str, size: int) -> None:
         self.calls.append((call, size))
         pending = self._failures[call]
         if pending:
             raise pending.pop(0)()
+
+
+@dataclass
+class _Refusal:
+    match: Callable[[Outgoing], bool]
+    error: Callable[[], BaseException]
+    times: int | None

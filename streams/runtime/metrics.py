@@ -36,6 +36,13 @@ class AgentMetrics:
             buckets=_SECONDS,
             registry=registry,
         )
+        self.blocked_partitions = Gauge(
+            "inboxflow_agent_blocked_partitions",
+            "Partition batches held because Kafka refuses even their dead letters; "
+            "above 0 the agent is stuck until the cause (ACLs, topic config) is fixed.",
+            ["group", "stage"],
+            registry=registry,
+        )
         self.breaker_state = Gauge(
             "inboxflow_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",

@@ -10,16 +10,20 @@ Failures of single records never escape: every record leaves through an output o
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from itertools import groupby
 
 from aiokafka.errors import KafkaError, KafkaTimeoutError
+from prometheus_client import Gauge
 
 from schemas.errors import Failure, RetryClass, RetryPolicy, StageTimeoutError, classify, decide
 from schemas.models import JobStatus
+from schemas.serde import Serde, serde_for
 from streams.runtime.breaker import BreakerRegistry, CircuitBreaker
 from streams.runtime.metrics import AgentMetrics, agent_metrics
 from streams.runtime.publisher import Publisher
@@ -46,7 +50,11 @@ class StageRunner:
         clock: Callable[[], float] = time.time,
         breakers: BreakerRegistry | None = None,
         metrics: AgentMetrics | None = None,
+        serde: Serde | None = None,
     ) -> None:
+        # The deployment's serde encodes job states like every other event (Confluent framing
+        # with a registry); without one, single-object encoding.
+        self.serde = serde or serde_for(None)
         self.breakers = breakers or BreakerRegistry()
         self.metrics = metrics or agent_metrics()
         self.stage = stage
@@ -61,7 +69,9 @@ class StageRunner:
         """Process records (any partitions), keeping each partition's order; publish the results.
 
         Partitions are processed concurrently: they hold different users, so one user's slow
-        work does not wait on another's, while one user's records stay in order.
+        work does not wait on another's, while one user's records stay in order. If one
+        partition fails, the others are cancelled before this returns: a caller that runs the
+        batch again must not find a partition of the first try still running beside it.
         """
         by_partition = [
             list(group)
@@ -70,7 +80,9 @@ class StageRunner:
                 key=lambda r: (r.topic, r.partition),
             )
         ]
-        await asyncio.gather(*(self._run_partition(batch) for batch in by_partition))
+        async with asyncio.TaskGroup() as partitions:
+            for batch in by_partition:
+                partitions.create_task(self._run_partition(batch))
 
     async def run_until_done(self, records: Sequence[Record]) -> None:
         """Run a batch until it has gone through; only cancellation (shutdown) stops trying.
@@ -109,25 +121,42 @@ class StageRunner:
         started = await self._send_best_effort(starts)
         outcomes = await self._process(records)
         self._record_health(breakers, outcomes)
-        results: list[Outgoing] = []
-        for record, ref, attempt, outcome in zip(records, refs, attempts, outcomes, strict=True):
-            results += self._follow_up(record, ref, attempt, outcome)
-        await self._publish_until_acked(results, started, records, refs, attempts)
-        for outcome in outcomes:
-            if outcome.error is None and outcome.after_publish is not None:
-                await self._after_publish(outcome.after_publish)
+        items = [
+            _Pending(record, ref, attempt, outcome, *self._follow_up(record, ref, attempt, outcome))
+            for record, ref, attempt, outcome in zip(records, refs, attempts, outcomes, strict=True)
+        ]
+        await self._settle_best_effort(started)
+        # Results first, then the states that report them: a job is never `done` (or
+        # `retrying`) in Postgres while the record that says so is missing from Kafka.
+        await self._publish_until_acked(items, _Wave.RESULTS)
+        await self._publish_until_acked(items, _Wave.STATES)
+        for item in items:
+            hook = item.outcome.after_publish
+            if item.outcome.error is None and not item.dead_lettered and hook is not None:
+                await self._after_publish(hook)
         self.metrics.batch_seconds.labels(self.group.group_id, self.stage.name).observe(
             time.perf_counter() - started_at
         )
 
     async def _send_best_effort(self, records: list[Outgoing]) -> list[asyncio.Future[object]]:
-        # `processing` states are informative: if Kafka is unreachable they are sent with the
-        # results instead (the version guard keeps the row right either way).
+        # `processing` states are informative: one that Kafka refuses is dropped, never retried
+        # and never a reason to fail the batch; the final state supersedes it (version guard).
         try:
             return await self.publisher.send(records)
         except KafkaError as exc:
             log.warning("processing states not sent group=%s: %s", self.group.group_id, exc)
             return []
+
+    async def _settle_best_effort(self, futures: list[asyncio.Future[object]]) -> None:
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        lost = [r for r in results if isinstance(r, BaseException)]
+        if lost:
+            log.warning(
+                "%d processing states not acknowledged group=%s: %s",
+                len(lost),
+                self.group.group_id,
+                lost[0],
+            )
 
     async def _wait_for(self, breakers: list[CircuitBreaker]) -> None:
         # An open breaker parks this partition's batch (unacked, so faust stops fetching more)
@@ -195,23 +224,32 @@ class StageRunner:
 
     def _follow_up(
         self, record: Record, ref: JobRef | None, attempt: int, outcome: Outcome
-    ) -> list[Outgoing]:
+    ) -> tuple[list[Outgoing], list[Outgoing]]:
+        """Return the records that follow from one outcome: (results, the job's own state)."""
         now = self.clock()
         if outcome.error is None:
             self.metrics.records.labels(self.group.group_id, self.stage.name, "done").inc()
-            follow = list(outcome.outputs)
-            follow += [
-                job_state(self.job_topic, kind, queued, JobStatus.QUEUED, attempt=0, now=now)
+            results = list(outcome.outputs)
+            results += [
+                job_state(
+                    self.job_topic,
+                    kind,
+                    queued,
+                    JobStatus.QUEUED,
+                    attempt=0,
+                    now=now,
+                    serde=self.serde,
+                )
                 for kind, queued in outcome.queued
             ]
             if ref is not None and outcome.finishes_job:
-                follow.append(self._state(ref, JobStatus.DONE, attempt, now))
-            return follow
+                return results, [self._state(ref, JobStatus.DONE, attempt, now)]
+            return results, []
         return self._route_failure(record, ref, attempt, classify(outcome.error), now)
 
     def _route_failure(
         self, record: Record, ref: JobRef | None, attempt: int, failure: Failure, now: float
-    ) -> list[Outgoing]:
+    ) -> tuple[list[Outgoing], list[Outgoing]]:
         decision = decide(
             failure,
             attempts=attempt,
@@ -235,21 +273,19 @@ class StageRunner:
             decision.topic,
             failure.message,
         )
-        follow = [
-            forward_failed(
-                record,
-                decision=decision,
-                failure=failure,
-                attempt=attempt,
-                group_id=self.group.group_id,
-                handler=self.stage.name,
-                now=now,
-            )
-        ]
-        if ref is not None:
-            status = failed_status(decision, failure)
-            follow.append(self._state(ref, status, attempt, now, failure))
-        return follow
+        forward = forward_failed(
+            record,
+            decision=decision,
+            failure=failure,
+            attempt=attempt,
+            group_id=self.group.group_id,
+            handler=self.stage.name,
+            now=now,
+        )
+        if ref is None:
+            return [forward], []
+        status = failed_status(decision, failure)
+        return [forward], [self._state(ref, status, attempt, now, failure)]
 
     def _state(
         self,
@@ -266,54 +302,137 @@ class StageRunner:
             status,
             attempt=attempt,
             now=now,
+            serde=self.serde,
             failure=failure,
             phase=self.stage.phase,
         )
 
-    async def _publish_until_acked(
-        self,
-        results: list[Outgoing],
-        pending: list[asyncio.Future[object]],
-        records: list[Record],
-        refs: list[JobRef | None],
-        attempts: list[int],
-    ) -> None:
-        # Returning without every record acked would let the caller ack the source and lose
-        # work, so a Kafka outage is waited out here (only cancellation ends the wait). An error
-        # retrying cannot fix (a result over the topic's size limit, no authorization) sends
-        # the batch's source records to the dead-letter topic instead of looping forever.
+    async def _publish_until_acked(self, items: list[_Pending], wave: _Wave) -> None:
+        # Returning before every record's follow-ups are acknowledged would let the caller ack
+        # the source and lose work, so a Kafka outage is waited out here (only cancellation
+        # ends the wait). A record whose own results Kafka refuses for good (one over the
+        # topic's size limit, no authorization) goes to the dead-letter topic instead, alone:
+        # its neighbours' acknowledged results stand.
         delay = 0.5
-        while True:
-            try:
-                await asyncio.gather(*pending)
-                await self.publisher.publish(results)
-            except KafkaError as exc:
-                if not exc.retriable and not isinstance(exc, KafkaTimeoutError):
-                    log.exception("results refused group=%s", self.group.group_id)
-                    results = self._dead_letter_all(records, refs, attempts, exc)
+        pending = items
+        blocked = False
+        try:
+            while pending:
+                errors = await self._publish_each(pending, wave)
+                stuck = self._dead_letter_refused(pending, errors, wave)
+                retry_from = next(
+                    (i for i, e in enumerate(errors) if e is not None and _retriable(e)), None
+                )
+                if retry_from is not None:
+                    # Later records' follow-ups go again too, so the last copy of each keeps
+                    # the batch's order (a sync's adds and deletes must not swap).
+                    pending = [
+                        item
+                        for i, (item, error) in enumerate(zip(pending, errors, strict=True))
+                        if i >= retry_from or error is not None
+                    ]
                 else:
-                    log.warning(
-                        "publish failed group=%s, retrying in %.1fs: %s",
-                        self.group.group_id,
-                        delay,
-                        exc,
-                    )
-                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311
-                    delay = min(delay * 2, 30.0)
-                pending = []
-            else:
-                return
+                    pending = [item for item, e in zip(pending, errors, strict=True) if e]
+                if stuck != blocked:
+                    blocked = stuck
+                    self._blocked_gauge().inc(1 if stuck else -1)
+                if retry_from is None and not stuck:
+                    continue  # refused records go again at once, now as dead letters
+                log.warning(
+                    "publish failed group=%s records=%d, retrying in %.1fs",
+                    self.group.group_id,
+                    len(pending),
+                    delay,
+                )
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311
+                delay = min(delay * 2, 30.0)
+        finally:
+            if blocked:
+                self._blocked_gauge().dec()
 
-    def _dead_letter_all(
-        self,
-        records: list[Record],
-        refs: list[JobRef | None],
-        attempts: list[int],
-        exc: BaseException,
-    ) -> list[Outgoing]:
-        failure = Failure(RetryClass.PERMANENT, f"results refused by Kafka: {exc}"[:500])
-        now = self.clock()
-        dead: list[Outgoing] = []
-        for record, ref, attempt in zip(records, refs, attempts, strict=True):
-            dead += self._route_failure(record, ref, attempt, failure, now)
-        return dead
+    def _blocked_gauge(self) -> Gauge:
+        return self.metrics.blocked_partitions.labels(self.group.group_id, self.stage.name)
+
+    async def _publish_each(self, items: list[_Pending], wave: _Wave) -> list[KafkaError | None]:
+        """Send every item's records of ``wave`` in order; return each item's first Kafka error."""
+        sent: list[list[asyncio.Future[object]] | KafkaError] = []
+        for item in items:
+            try:
+                sent.append(await self.publisher.send(item.wave(wave)))
+            except KafkaError as exc:  # refused before queueing (too large, buffer timeout)
+                sent.append(exc)
+        errors: list[KafkaError | None] = []
+        for futures in sent:
+            if isinstance(futures, KafkaError):
+                errors.append(futures)
+                continue
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            failure = next((r for r in results if isinstance(r, BaseException)), None)
+            if failure is not None and not isinstance(failure, KafkaError):
+                raise failure
+            errors.append(failure)
+        return errors
+
+    def _dead_letter_refused(
+        self, items: list[_Pending], errors: list[KafkaError | None], wave: _Wave
+    ) -> bool:
+        """Turn each item's refused results into dead letters; True if that cannot help.
+
+        A refused dead letter, or a refused job state (its results are already in Kafka), can
+        only wait for an operator: the batch is held and the blocked-partitions gauge says so.
+        """
+        stuck = False
+        for item, error in zip(items, errors, strict=True):
+            if error is None or _retriable(error):
+                continue
+            if item.dead_lettered or wave is _Wave.STATES:
+                stuck = True
+                log.error(
+                    "%s refused group=%s topic=%s partition=%s offset=%s: %s",
+                    "job state" if wave is _Wave.STATES else "dead letter",
+                    self.group.group_id,
+                    item.record.topic,
+                    item.record.partition,
+                    item.record.offset,
+                    error,
+                )
+                continue
+            log.error(
+                "results refused group=%s topic=%s partition=%s offset=%s: %s",
+                self.group.group_id,
+                item.record.topic,
+                item.record.partition,
+                item.record.offset,
+                error,
+            )
+            failure = Failure(RetryClass.PERMANENT, f"results refused by Kafka: {error}"[:500])
+            item.results, item.states = self._route_failure(
+                item.record, item.ref, item.attempt, failure, self.clock()
+            )
+            item.dead_lettered = True
+        return stuck
+
+
+def _retriable(error: KafkaError) -> bool:
+    return bool(error.retriable) or isinstance(error, KafkaTimeoutError)
+
+
+class _Wave(enum.Enum):
+    RESULTS = "results"  # outputs, queued jobs downstream, forwards to a tier or the DLQ
+    STATES = "states"  # the record's own job state, once its results are acknowledged
+
+
+@dataclass
+class _Pending:
+    """One source record and the records that follow from it."""
+
+    record: Record
+    ref: JobRef | None
+    attempt: int
+    outcome: Outcome
+    results: list[Outgoing]
+    states: list[Outgoing]
+    dead_lettered: bool = False
+
+    def wave(self, wave: _Wave) -> list[Outgoing]:
+        return self.results if wave is _Wave.RESULTS else self.states

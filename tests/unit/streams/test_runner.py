@@ -7,7 +7,12 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import pytest
-from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+)
 from prometheus_client import CollectorRegistry
 
 from schemas import headers as h
@@ -17,6 +22,7 @@ from schemas.serde import decode
 from streams.runtime.metrics import AgentMetrics
 from streams.runtime.runner import StageRunner
 from streams.runtime.stage import JobRef, Outcome, Outgoing, Record, Stage
+from tests.helpers import async_wait_until
 from tests.memory_publisher import MemoryPublisher
 from topics.catalogue import build_catalogue
 
@@ -357,29 +363,103 @@ async def test_a_slow_partition_does_not_hold_up_another() -> None:
     assert failure_topics(publisher) == {}
 
 
+async def test_a_partition_that_fails_cancels_its_siblings_before_run_returns() -> None:
+    release = asyncio.Event()
+    cancelled: list[int] = []
+
+    class HangsOnPartitionOne(ScriptedStage):
+        async def process(self, records: Sequence[Record]) -> list[Outcome]:
+            if records[0].partition == 1:
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    cancelled.append(1)
+                    raise
+            return await super().process(records)
+
+    class BrokenPublisher(MemoryPublisher):
+        async def send(self, records: Sequence[Outgoing]) -> list[asyncio.Future[object]]:
+            if any(r.topic == OUTPUT for r in records):
+                raise RuntimeError("bug in the producer path")
+            return await super().send(records)
+
+    with pytest.raises(ExceptionGroup):
+        await runner(HangsOnPartitionOne(), BrokenPublisher()).run(
+            [record(1, b"p0", partition=0), record(1, b"p1", partition=1)]
+        )
+    # Had partition 1 kept running, run_until_done's next try would process it twice at once.
+    assert cancelled == [1]
+
+
 # --- publishing ----------------------------------------------------------------------------------
 
 
-async def test_a_publish_refused_for_good_dead_letters_the_sources_instead_of_looping() -> None:
+def output_of(value: bytes) -> Callable[[Outgoing], bool]:
+    return lambda out: out.topic == OUTPUT and out.value == b"out:" + value
+
+
+async def test_a_result_refused_for_good_dead_letters_its_own_source_only() -> None:
     publisher = MemoryPublisher()
-    publisher.fail_publish(1, lambda: MessageSizeTooLargeError("result over max.message.bytes"))
+    too_large = MessageSizeTooLargeError("result over max.message.bytes")
+    publisher.refuse(output_of(b"a"), lambda: too_large)
     sources = [record(1, b"a", headers=(("trace", b"t1"),)), record(2, b"b")]
     await runner(ScriptedStage(), publisher).run(sources)
 
-    assert publisher.calls == [("send", 2), ("publish", 4), ("publish", 4)]
-    assert publisher.on(OUTPUT) == []
+    assert [r.value for r in publisher.on(OUTPUT)] == [b"out:b"]  # b's result stands, once
     dead = publisher.on(DLQ)
-    assert [(r.key, r.value) for r in dead] == [(b"user-1", b"a"), (b"user-1", b"b")]
+    assert [(r.key, r.value) for r in dead] == [(b"user-1", b"a")]
     assert dead[0].headers[0] == ("trace", b"t1")
-    for forwarded in dead:
-        headers = dict(forwarded.headers)
-        assert headers[h.ERROR_CLASS] == b"permanent"
-        assert b"results refused by Kafka" in headers[h.EXCEPTION_MESSAGE]
+    headers = dict(dead[0].headers)
+    assert headers[h.ERROR_CLASS] == b"permanent"
+    assert b"results refused by Kafka" in headers[h.EXCEPTION_MESSAGE]
     finals = [s for s in states(publisher) if s.status is not JobStatus.PROCESSING]
-    assert [(s.subject_id, s.status) for s in finals] == [
+    assert sorted((s.subject_id, s.status) for s in finals) == [
         ("a", JobStatus.ERROR),
-        ("b", JobStatus.ERROR),
+        ("b", JobStatus.DONE),
     ]
+
+
+async def test_a_refused_record_does_not_run_its_after_publish_hook() -> None:
+    ran: list[bytes] = []
+
+    class Checkpointing(ScriptedStage):
+        def _outcome(self, r: Record) -> Outcome:
+            async def checkpoint() -> None:
+                ran.append(r.value)
+
+            outcome = super()._outcome(r)
+            outcome.after_publish = checkpoint
+            return outcome
+
+    publisher = MemoryPublisher()
+    publisher.refuse(output_of(b"a"), lambda: MessageSizeTooLargeError("too large"))
+    await runner(Checkpointing(), publisher).run([record(1, b"a"), record(2, b"b")])
+
+    assert ran == [b"b"]  # a sync must not checkpoint past results that never reached Kafka
+
+
+async def test_a_refused_dead_letter_backs_off_and_shows_in_a_metric_instead_of_spinning() -> None:
+    publisher = MemoryPublisher()
+    refused = KafkaError("topic authorization failed")  # not retriable
+    publisher.refuse(lambda out: out.topic in (OUTPUT, DLQ), lambda: refused, times=None)
+    registry = CollectorRegistry()
+    stage_runner = runner(ScriptedStage(), publisher)
+    stage_runner.metrics = AgentMetrics(registry)
+    task = asyncio.create_task(stage_runner.run([record(1, b"a")]))
+
+    def blocked() -> float | None:
+        labels = {"group": GROUP.group_id, "stage": "normalize"}
+        return registry.get_sample_value("inboxflow_agent_blocked_partitions", labels)
+
+    await async_wait_until(lambda: blocked() == 1, timeout=10, message="blocked gauge at 1")
+    sends_while_blocked = len(publisher.calls)
+    await asyncio.sleep(0.2)  # a spinning loop would send thousands of times in 0.2 s
+    assert len(publisher.calls) - sends_while_blocked <= 2
+    assert not task.done()  # the source is never acked while its dead letter is refused
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert blocked() == 0
 
 
 @pytest.mark.parametrize(
@@ -391,13 +471,23 @@ async def test_a_retriable_publish_failure_is_retried_until_acked(
     error: Callable[[], BaseException],
 ) -> None:
     publisher = MemoryPublisher()
-    publisher.fail_publish(1, error)  # the runner waits about 0.5 s before trying again
-    await runner(ScriptedStage(), publisher).run([record(1, b"a")])
+    publisher.refuse(output_of(b"a"), error)  # the runner waits about 0.5 s before trying again
+    await runner(ScriptedStage(), publisher).run([record(1, b"a"), record(2, b"b")])
 
-    assert [call for call, _ in publisher.calls] == ["send", "publish", "publish"]
-    assert [r.value for r in publisher.on(OUTPUT)] == [b"out:a"]  # once, not lost or doubled
-    assert [s.status for s in states(publisher)] == [JobStatus.PROCESSING, JobStatus.DONE]
+    # b went through the first time; it goes again after a, so the last copies keep the order.
+    assert [r.value for r in publisher.on(OUTPUT)] == [b"out:b", b"out:a", b"out:b"]
+    assert [s.status for s in states_of(publisher, "a")] == [JobStatus.PROCESSING, JobStatus.DONE]
     assert failure_topics(publisher) == {}
+    # A job is reported done only once its result is in: a's done comes after out:a.
+    written = [(r.topic, r.value) for r in publisher.records]
+    done_a = next(
+        i
+        for i, r in enumerate(publisher.records)
+        if r.topic == JOBS
+        and decode(r.value, JobStateChanged).status is JobStatus.DONE
+        and decode(r.value, JobStateChanged).subject_id == "a"
+    )
+    assert written.index((OUTPUT, b"out:a")) < done_a
 
 
 async def test_processing_states_are_best_effort_when_kafka_refuses_them() -> None:
@@ -407,3 +497,15 @@ async def test_processing_states_are_best_effort_when_kafka_refuses_them() -> No
 
     assert [r.value for r in publisher.on(OUTPUT)] == [b"out:a"]
     assert [s.status for s in states(publisher)] == [JobStatus.DONE]
+
+
+async def test_a_processing_state_refused_for_good_fails_nothing() -> None:
+    publisher = MemoryPublisher()
+    publisher.refuse(
+        lambda out: out.topic == JOBS, lambda: MessageSizeTooLargeError("too large"), times=2
+    )
+    await runner(ScriptedStage(), publisher).run([record(1, b"a"), record(2, b"b")])
+
+    assert [r.value for r in publisher.on(OUTPUT)] == [b"out:a", b"out:b"]
+    assert [s.status for s in states(publisher)] == [JobStatus.DONE, JobStatus.DONE]
+    assert failure_topics(publisher) == {}
