@@ -18,6 +18,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from db import accounts
+from db.accounts import Account, SyncOutcome
 from schemas.errors import TransientError
 
 SELECT_SYNC_STATE = """
@@ -114,6 +116,19 @@ class AgentState:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise TransientError(f"agent state database unavailable: {exc}") from exc
+
+    async def account(self, user_id: str) -> Account | None:
+        """Return the user's account, or None if the mailbox is not registered."""
+        async with self._connection() as conn:
+            found = await accounts.find_accounts(conn, [user_id])
+        return found[0] if found else None
+
+    async def record_sync_outcome(
+        self, user_id: str, outcome: SyncOutcome, at: datetime, error: str | None = None
+    ) -> None:
+        """Note on the user's account how its last sync ended."""
+        async with self._connection() as conn:
+            await accounts.record_sync_outcome(conn, user_id, outcome, at, error)
 
     async def sync_checkpoint(self, user_id: str) -> SyncCheckpoint | None:
         """Return the user's checkpoint, or None before the first sync."""

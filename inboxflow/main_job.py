@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 import click
+from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -36,6 +37,7 @@ from inboxflow.progress import (
     normalized_messages,
     stage_topics,
 )
+from inboxflow.scheduling import register_accounts
 from inboxflow.settings import Settings
 from inboxflow.supervisor import ProcessGroup, start_all
 from inboxflow.wiring import catalogue_from, request_syncs
@@ -236,9 +238,14 @@ def run_job(
     workers = start_all(worker_env(settings, stack, emulator.url, namespace), log_dir=logs)
     try:
         env_settings = settings.model_copy(
-            update={"kafka_bootstrap_servers": stack.kafka_bootstrap, "topic_namespace": namespace}
+            update={
+                "kafka_bootstrap_servers": stack.kafka_bootstrap,
+                "topic_namespace": namespace,
+                "database_url": SecretStr(stack.database_url),
+            }
         )
-        asyncio.run(request_syncs(env_settings, users, full=True))
+        addresses = asyncio.run(register_accounts(env_settings, users))
+        asyncio.run(request_syncs(env_settings, addresses, full=True))
         complete = asyncio.run(job.watch(workers, timeout, console))
     finally:
         workers.stop()

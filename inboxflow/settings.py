@@ -107,6 +107,15 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(100, description="Records an agent takes at once.")
     batch_wait: float = Field(0.2, description="Seconds an agent waits to fill a batch.")
+    sync_max_staleness: float = Field(
+        900.0,
+        gt=0,
+        description="Seconds an active account may go without a sync request before the "
+        "scheduler asks for one (the safety net under push notifications).",
+    )
+    scheduler_interval: float = Field(
+        30.0, gt=0, description="Seconds between the scheduler's looks for stale accounts."
+    )
     insight_interval_seconds: float = Field(
         30.0, description="At most one InsightProduced per user per this many seconds."
     )

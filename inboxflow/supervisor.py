@@ -25,6 +25,7 @@ from inboxflow.wiring import AGENTS, build_worker
 log = logging.getLogger(__name__)
 
 SINKS = ("jobs", "contacts")
+SOURCES = ("scheduler",)  # processes that put events onto topics from outside the agents
 
 
 def run_agent(agent: str, settings: Settings, *, loglevel: str = "WARNING") -> None:
@@ -102,13 +103,15 @@ def start_all(
     *,
     agents: Sequence[str] = AGENTS,
     sinks: Sequence[str] = SINKS,
+    sources: Sequence[str] = SOURCES,
     log_dir: Path | None = None,
 ) -> ProcessGroup:
-    """Start every agent and sink as a child process with ``env``."""
+    """Start every agent, sink and source as a child process with ``env``."""
     group = ProcessGroup()
     base_port = int(env.get("INBOXFLOW_METRICS_PORT", "0") or 0)
     names = [(f"agent-{a}", _command("worker", "--agent", a)) for a in agents]
     names += [(f"sink-{s}", _command("sink", s)) for s in sinks]
+    names += [(source, _command(source)) for source in sources]
     for index, (name, argv) in enumerate(names):
         # Each process serves its own metrics: the base port plus its index.
         port = str(base_port + index) if base_port else "0"

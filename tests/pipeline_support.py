@@ -24,6 +24,7 @@ from devstack.embedding_emulator import EmbeddingEmulator
 from devstack.gmail_emulator.server import GmailEmulator
 from devstack.stack import Stack
 from inboxflow.progress import TERMINAL, job_counts
+from inboxflow.scheduling import register_accounts
 from inboxflow.settings import Settings
 from inboxflow.supervisor import ProcessGroup, start_all
 from inboxflow.wiring import catalogue_from, request_syncs
@@ -49,8 +50,9 @@ class Pipeline:
     logs: Path
 
     def sync(self, users: list[str], *, full: bool = False) -> list[str]:
-        """Request a sync of each user; return the sync ids."""
-        return asyncio.run(request_syncs(self.settings, users, full=full))
+        """Register each user as an account (once) and request a sync of it; return the ids."""
+        addresses = asyncio.run(register_accounts(self.settings, users))
+        return asyncio.run(request_syncs(self.settings, addresses, full=full))
 
     def jobs(self, users: list[str]) -> dict[str, dict[str, int]]:
         """Job rows per kind and status."""

@@ -15,6 +15,7 @@ from inboxflow.settings import Settings
 # Command -> "module:attribute". A command's module is imported only when that command runs, so a
 # worker process loads the worker, not the local stack, the emulators or the benchmarks.
 COMMANDS: Mapping[str, str] = {
+    "accounts": "inboxflow.cli.accounts:accounts",
     "bench": "inboxflow.cli.bench:bench",
     "dev": "inboxflow.cli.dev:dev",
     "dlq": "inboxflow.cli.ops:dlq",
@@ -22,6 +23,7 @@ COMMANDS: Mapping[str, str] = {
     "lag": "inboxflow.cli.ops:lag",
     "replay": "inboxflow.cli.ops:replay_command",
     "run": "inboxflow.cli.run:run",
+    "scheduler": "inboxflow.cli.worker:scheduler",
     "sink": "inboxflow.cli.sink:sink",
     "sync": "inboxflow.cli.worker:sync",
     "topics": "inboxflow.cli.topics:topics",

@@ -1,4 +1,4 @@
-"""``inboxflow worker`` and ``inboxflow sync``: run consumer groups, request syncs."""
+"""``inboxflow worker``, ``scheduler`` and ``sync``: run consumer groups, ask for syncs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import signal
 import time
 
 import click
+import psycopg
 
+from db.accounts import Account, AccountState, find_accounts
+from inboxflow.scheduling import run_scheduler
 from inboxflow.settings import Settings
 from inboxflow.supervisor import run_agent, start_all
 from inboxflow.wiring import AGENTS, request_syncs
@@ -47,11 +50,40 @@ def worker(settings: Settings, agent: str | None) -> None:
 
 
 @click.command()
+@click.pass_obj
+def scheduler(settings: Settings) -> None:
+    """Request syncs of accounts not synced within INBOXFLOW_SYNC_MAX_STALENESS.
+
+    Run one per replica: they elect one (a Postgres advisory lock), and another takes over when
+    it dies. `inboxflow worker` starts one beside the agents.
+    """
+    asyncio.run(run_scheduler(settings))
+
+
+@click.command()
 @click.argument("users", nargs=-1, required=True)
 @click.option("--full", is_flag=True, help="List the whole mailbox instead of the history.")
 @click.pass_obj
 def sync(settings: Settings, users: tuple[str, ...], full: bool) -> None:
-    """Request a sync of each USER's mailbox (their Gmail address, or `me`)."""
-    sync_ids = asyncio.run(request_syncs(settings, list(users), full=full))
-    for user, sync_id in zip(users, sync_ids, strict=True):
+    """Request a sync of each USER's mailbox now (a registered, active account)."""
+    found = {a.user_id: a for a in asyncio.run(_accounts(settings, users))}
+    for user in users:
+        account = found.get(user.lower())
+        if account is None:
+            raise click.ClickException(
+                f"{user} is not a registered account; add it with `inboxflow accounts add {user}`"
+            )
+        if account.state is not AccountState.ACTIVE:
+            raise click.ClickException(
+                f"{user} is {account.state.value}; `inboxflow accounts resume {user}` first"
+            )
+    addresses = [found[user.lower()].user_id for user in users]
+    sync_ids = asyncio.run(request_syncs(settings, addresses, full=full))
+    for user, sync_id in zip(addresses, sync_ids, strict=True):
         click.echo(f"sync requested user={user} sync_id={sync_id} full={full}")
+
+
+async def _accounts(settings: Settings, users: tuple[str, ...]) -> list[Account]:
+    conninfo = settings.database_url.get_secret_value()
+    async with await psycopg.AsyncConnection.connect(conninfo) as conn:
+        return await find_accounts(conn, users)

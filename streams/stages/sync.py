@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from db.accounts import AccountState, SyncOutcome
 from db.agent_state import AgentState
 from schemas.errors import StageTimeoutError, StaleHistoryError
 from schemas.models import JobKind, MessageDiscovered, SyncRequested
@@ -82,25 +83,45 @@ class SyncStage:
         """
         decoded = self.requests.decode_each(records)
         outcomes: list[Outcome] = [Outcome() for _ in records]
-        first: dict[str, int] = {}
+        leads: dict[str, tuple[int, SyncRequested]] = {}
         for index, request in enumerate(decoded):
             if isinstance(request, Exception):
                 outcomes[index] = Outcome(error=request)
-            elif request.user_id in first:
-                lead = decoded[first[request.user_id]]
-                outcomes[index] = Outcome(note=f"coalesced into sync {lead.sync_id}")  # type: ignore[union-attr]
+            elif request.user_id in leads:
+                at, lead = leads[request.user_id]
+                outcomes[index] = Outcome(note=f"coalesced into sync {lead.sync_id}")
+                full = lead.full or request.full
+                leads[request.user_id] = (at, lead.model_copy(update={"full": full}))
             else:
-                first[request.user_id] = index
-        for user, index in first.items():
-            request = decoded[index]
-            full = any(
-                not isinstance(r, Exception) and r.user_id == user and r.full for r in decoded
-            )
+                leads[request.user_id] = (index, request)
+        for user, (index, lead) in leads.items():
             try:
-                outcomes[index] = await self._sync(request.model_copy(update={"full": full}))  # type: ignore[union-attr]
+                outcomes[index] = await self._sync_account(lead)
             except Exception as exc:  # noqa: BLE001 - routed by the runner
                 outcomes[index] = Outcome(error=exc)
+                await self._note_failure(user, exc)
         return outcomes
+
+    async def _sync_account(self, request: SyncRequested) -> Outcome:
+        # The accounts table decides what is synced: a request that was queued before its
+        # account was paused or removed is skipped, not run.
+        account = await self.state.account(request.user_id)
+        if account is None or account.state is not AccountState.ACTIVE:
+            why = "not a registered account" if account is None else f"{account.state.value}"
+            log.info("sync skipped user=%s sync=%s: %s", request.user_id, request.sync_id, why)
+            if account is not None:
+                now = utc_now(self.clock)
+                await self.state.record_sync_outcome(request.user_id, SyncOutcome.SKIPPED, now)
+            return Outcome(note=f"sync skipped: account {why}")
+        return await self._sync(request)
+
+    async def _note_failure(self, user: str, exc: Exception) -> None:
+        # Best effort: the failure itself is routed by the runner whatever happens here.
+        try:
+            now = utc_now(self.clock)
+            await self.state.record_sync_outcome(user, SyncOutcome.FAILED, now, str(exc)[:500])
+        except Exception:
+            log.warning("could not record the failed sync of %s", user, exc_info=True)
 
     async def _sync(self, request: SyncRequested) -> Outcome:
         user = request.user_id
@@ -138,6 +159,7 @@ class SyncStage:
             await self.state.save_sync_checkpoint(
                 user, listing.history_id, request.sync_id, full=listing.full
             )
+            await self.state.record_sync_outcome(user, SyncOutcome.OK, utc_now(self.clock))
 
         return Outcome(outputs=outputs, queued=queued, after_publish=checkpoint)
 

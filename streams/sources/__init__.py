@@ -1,0 +1,1 @@
+"""Sources: what puts events onto the topics from outside, besides the agents (push, schedule)."""
