@@ -27,8 +27,10 @@ from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any, TypeVar
 
+import charset_normalizer
+
 from schemas.models import EmailNormalized, GmailMessageFetched
-from streams.stages.html_text import html_to_text
+from streams.stages.html_text import html_to_text, meta_charsets
 
 __all__ = [
     "DEFAULT_MAX_TEXT_CHARS",
@@ -37,6 +39,7 @@ __all__ = [
     "EmailAddress",
     "NormalizedEmail",
     "decode_bytes",
+    "decode_html",
     "make_snippet",
     "normalize_message",
 ]
@@ -63,6 +66,13 @@ _SUPERSETS = {
     "iso2022_jp": "iso2022_jp_ext",
     "big5": "big5hkscs",
 }
+# Byte order marks decide before any declaration, as in HTML5 encoding sniffing; the -sig and
+# 16-bit codecs drop the mark instead of leaving a U+FEFF in the text.
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+)
 _MSG_ID = re.compile(r"<[^<>\s]+>")
 _WHITESPACE = re.compile(r"\s+")
 _SURROGATES = re.compile("[\ud800-\udfff]+")
@@ -245,6 +255,51 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
         except (UnicodeError, LookupError):
             continue
     return _clean(data.decode(declared or "cp1252", errors="replace"))
+
+
+def decode_html(data: bytes, charset: str | None) -> str:
+    """Decode the bytes of an HTML part, finding the charset the way a browser would; never raises.
+
+    Order: a byte order mark; the Content-Type ``charset`` when Python knows it; the first known
+    ``<meta charset>`` or ``http-equiv`` declaration in the first 1024 bytes (the HTML5
+    prescan); UTF-8 when the bytes are valid UTF-8; charset-normalizer's guess. The result goes
+    through :func:`decode_bytes`, so a declaration that lies still decodes with its fallbacks.
+
+    Args:
+        data: The part's payload, transfer encoding already undone.
+        charset: The Content-Type ``charset`` parameter, ``None`` when there is none.
+    """
+    return decode_bytes(data, _html_charset(data, charset))
+
+
+def _html_charset(data: bytes, declared: str | None) -> str | None:
+    """Return the charset label to decode an HTML part with; ``None`` when nothing fits."""
+    for mark, bom_codec in _BOMS:
+        if data.startswith(mark):
+            return bom_codec
+    if _codec_name(declared):
+        return declared
+    for label in meta_charsets(data):
+        codec = _codec_name(label)
+        if codec:
+            # The prescan reads ASCII bytes, so a document it could read is no UTF-16 (WHATWG
+            # maps a utf-16 declaration found this way to UTF-8).
+            return "utf-8" if codec.startswith(("utf-16", "utf-32")) else label
+    return _detected_charset(data)
+
+
+def _detected_charset(data: bytes) -> str | None:
+    """Guess the charset of undeclared bytes: UTF-8 when they decode as such, else detection.
+
+    Valid UTF-8 with 8-bit bytes is almost never anything else, and checking it first keeps
+    the (much slower) statistical detection for the rare undeclared legacy-charset part.
+    """
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        best = _guard(lambda: charset_normalizer.from_bytes(data).best(), None)
+        return best.encoding if best is not None else None
+    return "utf-8"
 
 
 def _codec_name(charset: str | None) -> str | None:
@@ -471,9 +526,10 @@ def _attachments(msg: Message) -> Iterator[Attachment]:
 def _part_text(part: Message) -> str:
     data = _payload_bytes(part)
     charset = _guard(part.get_content_charset, None)
-    text = decode_bytes(data, charset).replace("\r\n", "\n").replace("\r", "\n")
     if _content_type(part) == "text/html":
-        return html_to_text(text)
+        markup = decode_html(data, charset)
+        return _clean(_guard(lambda: html_to_text(markup), ""))
+    text = decode_bytes(data, charset).replace("\r\n", "\n").replace("\r", "\n")
     return text.strip()
 
 

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.stages.html_text import html_to_text
 from streams.stages.mime import (
     SNIPPET_CHARS,
     Attachment,
     EmailAddress,
     NormalizedEmail,
     decode_bytes,
+    decode_html,
     normalize_message,
 )
 
@@ -299,6 +299,69 @@ def test_decode_bytes_fallbacks() -> None:
     assert decode_bytes(b"a\x00b", "utf-8") == "ab"
 
 
+# --- charsets of HTML parts ------------------------------------------------------------------
+
+RUSSIAN = "Ваш счёт 123 ожидает оплаты до пятницы. Спасибо, что вы с нами!"  # noqa: RUF001
+
+
+def test_html_only_message_with_missing_head_end_tag_has_text_and_snippet() -> None:
+    body = (
+        b"<html><head><meta charset=utf-8><title>Invoice</title>"
+        b"<body><p>Your invoice #123 is due.</p>"
+    )
+    email = normalize(raw_message("text/html; charset=utf-8", body))
+    assert email.text == "Your invoice #123 is due."
+    assert email.snippet == "Your invoice #123 is due."
+
+
+def test_html_charset_declared_only_by_meta() -> None:
+    body = f"<html><head><meta charset=windows-1251></head><body><p>{RUSSIAN}</p>"
+    email = normalize(raw_message("text/html", body.encode("cp1251")))
+    assert email.text == RUSSIAN
+    assert email.snippet == RUSSIAN
+
+
+def test_html_charset_declared_by_http_equiv() -> None:
+    body = f'<META HTTP-EQUIV="Content-Type" CONTENT="text/html; charset=KOI8-R"><p>{RUSSIAN}</p>'
+    encoded = base64.encodebytes(body.encode("koi8-r"))
+    assert normalize(raw_message("text/html", encoded, cte="base64")).text == RUSSIAN
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "expected"),
+    [
+        # The Content-Type charset comes first; the meta tag is ignored then.
+        ("text/html; charset=utf-8", f"<meta charset=windows-1251>{RUSSIAN}".encode(), RUSSIAN),
+        # An unknown Content-Type charset counts as none; so does an unknown meta label.
+        (
+            "text/html; charset=x-bogus",
+            f"<meta charset=bogus><meta charset=cp1251>{RUSSIAN}".encode("cp1251"),
+            RUSSIAN,
+        ),
+        # A meta tag claiming UTF-16 in ASCII bytes means UTF-8 (WHATWG).
+        ("text/html", f"<meta charset=utf-16>{RUSSIAN}".encode(), RUSSIAN),
+        # Nothing declared: valid UTF-8 is UTF-8, legacy bytes are detected.
+        ("text/html", f"<p>{RUSSIAN}</p>".encode(), RUSSIAN),
+        ("text/html", f"<p>{RUSSIAN} {RUSSIAN}</p>".encode("koi8-r"), f"{RUSSIAN} {RUSSIAN}"),
+        # A byte order mark decides before any label.
+        ("text/html; charset=iso-8859-1", b"\xef\xbb\xbf<p>caf\xc3\xa9</p>", "café"),
+        ("text/html", "\ufeff<p>café ✓</p>".encode("utf-16-le"), "café ✓"),
+        # Bytes invalid in every guess still decode, with replacement characters.
+        ("text/html; charset=utf-8", b"<p>ok \xff\xfe bad</p>", "ok \ufffd\ufffd bad"),
+    ],
+)
+def test_html_part_charsets(content_type: str, body: bytes, expected: str) -> None:
+    assert normalize(raw_message(content_type, body)).text == expected
+
+
+def test_decode_html_never_raises_on_bogus_labels() -> None:
+    text = decode_html(b'<meta charset="\x00\xff">ok', "\x00")
+    assert text.startswith("<meta charset=")
+    assert text.endswith('">ok')
+    assert "\x00" not in text
+    assert decode_html(b"<meta charset=base64>ok", "rot13") == "<meta charset=base64>ok"
+
+
 def test_rfc2047_headers_are_decoded() -> None:
     raw = (
         b"From: =?iso-8859-1?q?J=F6rg_M=FCller?= <joerg@example.de>\r\n"
@@ -462,31 +525,3 @@ def test_normalize_never_raises_on_mangled_headers(
     head = "".join(f"{name}: {value}\r\n" for name, value in headers)
     raw = head.encode("utf-8", errors="surrogatepass") + b"\r\n" + body
     assert_safe_strings(normalize(raw))
-
-
-# --- HTML converter --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("html", "expected"),
-    [
-        ("<p>a</p><p>b</p>", "a\n\nb"),
-        ("a<br>b<br/><br>c", "a\nb\n\nc"),
-        ("<div>x <span>y</span>\n\n   z</div>", "x y z"),
-        ("<p>before<script>evil()</script>after</p>", "beforeafter"),
-        ("<ul><li>a<ul><li>b</li></ul></li></ul>", "- a\n  - b"),
-        ("<a href='https://e.example'>click</a> &amp; &lt;go&gt;", "click & <go>"),
-        ("<![if !mso]>kept<![endif]>", "kept"),
-        ("<<<>>>", "<<<>>>"),
-        ("", ""),
-    ],
-)
-def test_html_to_text_cases(html: str, expected: str) -> None:
-    assert html_to_text(html) == expected
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("<>/!-[]ab &;#x\"'=\n pscript")), max_size=200))
-def test_html_to_text_never_raises(html: str) -> None:
-    text = html_to_text(html)
-    assert text == text.strip()
