@@ -57,6 +57,17 @@ def kafka_from(settings: Settings, *, client_id: str = "inboxflow") -> KafkaClie
     return KafkaClients(settings.kafka_bootstrap_servers, client_id=client_id)
 
 
+def serde_from(settings: Settings) -> Serde:
+    """Return the wire format of every event this deployment produces and consumes.
+
+    Confluent framing through the schema registry when ``schema_registry_url`` is set (its
+    readers also take single-object frames, so a topic can switch over without a flag day),
+    else Avro single-object encoding. Agents, job states, sinks, tools and benches all take
+    theirs from here: a producer and a consumer that disagree would dead-letter every record.
+    """
+    return serde_for(settings.schema_registry_url)
+
+
 def gmail_client_from(settings: Settings) -> GmailClient:
     """Return a Gmail client configured by the settings (the emulator's URL on the local stack)."""
     window = settings.gmail_quota_window_seconds
@@ -96,7 +107,7 @@ class Resources:
     @classmethod
     def from_settings(cls, settings: Settings) -> Resources:
         """Return resources for these settings."""
-        return cls(settings, serde_for(settings.schema_registry_url))
+        return cls(settings, serde_from(settings))
 
     @property
     def gmail(self) -> GmailClient:
@@ -194,13 +205,14 @@ def build_worker(agent: str, settings: Settings) -> faust.App:
         batch=BatchConfig(settings.batch_size, settings.batch_wait),
         session_timeout=settings.session_timeout_seconds,
         on_stop=resources.close,
+        serde=resources.serde,
     )
 
 
 async def request_syncs(settings: Settings, users: list[str], *, full: bool) -> list[str]:
     """Produce one SyncRequested per user and wait until Kafka has them; return the sync ids."""
     catalogue = catalogue_from(settings)
-    serde = serde_for(settings.schema_registry_url)
+    serde = serde_from(settings)
     publisher = KafkaPublisher(kafka_from(settings, client_id="inboxflow-cli"))
     sync_ids = [uuid.uuid4().hex for _ in users]
     now = datetime.now(UTC)

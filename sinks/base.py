@@ -35,7 +35,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from psycopg.rows import TupleRow
 
 from schemas import headers as h
-from schemas.errors import Failure, PermanentError, RetryClass
+from schemas.errors import Failure, PermanentError, RetryClass, TransientError
 from sinks.metrics import SinkMetrics
 from sinks.offsets import FROM_BEGINNING, StaleOffsetError, advance_offsets, load_offsets
 from topics.kafka import KafkaClients
@@ -225,6 +225,11 @@ class PostgresSink:
             await self._close_connection()
             self._pause_all()
             await self._back_off()
+        except TransientError as exc:
+            # A writer could not decode for now (the schema registry is unreachable): nothing
+            # was written, the batch stays buffered and is decoded again after the backoff.
+            log.warning("records not decodable yet group=%s error=%s", self._config.group_id, exc)
+            await self._back_off_paused()
         except KafkaError as exc:
             # Dead letters could not be delivered (broker down, DLQ topic missing): the batch's
             # transaction rolled back and is retried; nothing skips its dead letter.
@@ -277,6 +282,19 @@ class PostgresSink:
         # Waiting inside getmany() keeps the group membership alive; all partitions are paused,
         # and anything it still returns is buffered normally.
         self._accept(await self._require_consumer().getmany(timeout_ms=int(delay * 1000)))
+
+    async def _back_off_paused(self) -> None:
+        # Pause what is flowing so the wait buffers nothing more; resume only those partitions
+        # afterwards (others stay paused for their own reasons: database down, not positioned).
+        consumer = self._require_consumer()
+        paused = consumer.assignment() - consumer.paused()
+        consumer.pause(*paused)
+        try:
+            await self._back_off()
+        finally:
+            still_ours = consumer.assignment() - self._unpositioned
+            if not self._database_down:
+                consumer.resume(*(paused & still_ours))
 
     async def _position(self, conn: Connection) -> None:
         consumer = self._require_consumer()

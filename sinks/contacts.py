@@ -20,9 +20,9 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from schemas import serde
 from schemas.errors import UndecodableRecordError
 from schemas.models import Address, ContactExtracted, EmailNormalized
+from schemas.serde import Serde, serde_for
 from sinks.base import Connection, Decoded, Record
 
 STAGE_TABLE = "contact_stage"
@@ -135,18 +135,25 @@ UPSERT_EMAIL = sql.SQL(
 )
 
 
-def decode_contact(record: Record) -> ContactExtracted:
-    """Return the event in a record; raise UndecodableRecordError (PERMANENT) if there is none."""
+def decode_contact(record: Record, serde: Serde | None = None) -> ContactExtracted:
+    """Return the event in a record; raise UndecodableRecordError (PERMANENT) if there is none.
+
+    ``serde`` is the deployment's (default: single-object encoding); a registry-backed one
+    reads both framings and raises TransientError while the registry is unreachable.
+    """
     if record.value is None:
         raise UndecodableRecordError("ContactExtracted record without a value (tombstone)")
-    return serde.decode(record.value, ContactExtracted)
+    return (serde or serde_for(None)).decode(record.value, ContactExtracted)
 
 
-def decode_email(record: Record) -> EmailNormalized:
-    """Return the event in a record; raise UndecodableRecordError (PERMANENT) if there is none."""
+def decode_email(record: Record, serde: Serde | None = None) -> EmailNormalized:
+    """Return the event in a record; raise UndecodableRecordError (PERMANENT) if there is none.
+
+    ``serde`` as for ``decode_contact``.
+    """
     if record.value is None:
         raise UndecodableRecordError("EmailNormalized record without a value (tombstone)")
-    return serde.decode(record.value, EmailNormalized)
+    return (serde or serde_for(None)).decode(record.value, EmailNormalized)
 
 
 def contact_row(event: ContactExtracted) -> tuple[Any, ...]:
@@ -163,11 +170,19 @@ def contact_row(event: ContactExtracted) -> tuple[Any, ...]:
 
 
 class ContactsWriter:
-    """``RowWriter`` for ``contacts``: COPY the sightings into a temporary table, one upsert."""
+    """``RowWriter`` for ``contacts``: COPY the sightings into a temporary table, one upsert.
+
+    Arguments:
+        serde: the deployment's wire format (``inboxflow.wiring.serde_from``); default
+            single-object encoding.
+    """
+
+    def __init__(self, *, serde: Serde | None = None) -> None:
+        self._serde = serde or serde_for(None)
 
     def decode(self, record: Record) -> ContactExtracted:
         """Return the event in ``record``; raises UndecodableRecordError."""
-        return decode_contact(record)
+        return decode_contact(record, self._serde)
 
     async def prepare(self, conn: Connection) -> None:
         """Create the session's staging table (temporary: private to this connection)."""
@@ -227,11 +242,18 @@ def latest_emails(items: Sequence[Decoded[EmailNormalized]]) -> list[dict[str, A
 
 
 class EmailsWriter:
-    """``RowWriter`` for ``emails``: pipelined upserts (rows are wide and few per batch)."""
+    """``RowWriter`` for ``emails``: pipelined upserts (rows are wide and few per batch).
+
+    Arguments:
+        serde: as for ``ContactsWriter``.
+    """
+
+    def __init__(self, *, serde: Serde | None = None) -> None:
+        self._serde = serde or serde_for(None)
 
     def decode(self, record: Record) -> EmailNormalized:
         """Return the event in ``record``; raises UndecodableRecordError."""
-        return decode_email(record)
+        return decode_email(record, self._serde)
 
     async def prepare(self, conn: Connection) -> None:
         """Nothing to set up."""

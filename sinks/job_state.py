@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any, Literal
 
 from psycopg import sql
 
-from schemas import serde
 from schemas.errors import UndecodableRecordError
 from schemas.models import JobStateChanged
+from schemas.serde import Serde, serde_for
 from sinks.base import Connection, Decoded, Record
 
 WriteMethod = Literal["copy", "executemany"]
@@ -87,11 +88,16 @@ UPSERT_ROW = (
 )
 
 
-def decode_job_state(record: Record) -> JobStateChanged:
-    """Return the event in a record; raise UndecodableRecordError (PERMANENT) if there is none."""
+def decode_job_state(record: Record, serde: Serde | None = None) -> JobStateChanged:
+    """Return the event in a record; raise UndecodableRecordError (PERMANENT) if there is none.
+
+    ``serde`` is the deployment's (default: single-object encoding). A registry-backed serde
+    reads Confluent and single-object frames alike, and raises TransientError while the
+    registry is unreachable.
+    """
     if record.value is None:
         raise UndecodableRecordError("JobStateChanged record without a value (tombstone)")
-    return serde.decode(record.value, JobStateChanged)
+    return (serde or serde_for(None)).decode(record.value, JobStateChanged)
 
 
 def latest_job_states(items: Sequence[Decoded[JobStateChanged]]) -> list[dict[str, Any]]:
@@ -141,16 +147,20 @@ class JobStateWriter:
 
     Arguments:
         method: ``copy`` (default, faster on batches) or ``executemany`` (pipelined).
-        decode: record -> event; ``decode_job_state`` unless a test needs another.
+        decode: record -> event; ``decode_job_state`` with ``serde`` unless a test needs another.
+        serde: the deployment's wire format (``inboxflow.wiring.serde_from``); default
+            single-object encoding.
     """
 
     def __init__(
         self,
         method: WriteMethod = "copy",
-        decode: Callable[[Record], JobStateChanged] = decode_job_state,
+        decode: Callable[[Record], JobStateChanged] | None = None,
+        *,
+        serde: Serde | None = None,
     ) -> None:
         self._method = method
-        self._decode = decode
+        self._decode = decode or partial(decode_job_state, serde=serde or serde_for(None))
 
     def decode(self, record: Record) -> JobStateChanged:
         """Return the event in ``record``; raises UndecodableRecordError."""

@@ -22,6 +22,7 @@ from psycopg import sql
 
 from db.migrate import apply_migrations
 from devstack.postgres import PostgresServer
+from devstack.schema_registry import start_schema_registry
 from devstack.stack import Stack, start_stack
 
 TEMPLATE_DATABASE = "inboxflow_template"
@@ -68,6 +69,20 @@ def _create_template(database_url: str) -> None:
 def _with_database(url: str, database: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Confluent-API schema registry (Apicurio, in memory), started on first use."""
+    registry = start_schema_registry(
+        cache_dir=Path(os.environ.get("INBOXFLOW_STATE_DIR", "~/.cache/inboxflow")).expanduser(),
+        work_dir=tmp_path_factory.mktemp("schema-registry"),
+        die_with_parent=True,
+    )
+    try:
+        yield registry.url
+    finally:
+        registry.stop()
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,9 +27,9 @@ from inboxflow.progress import TERMINAL, job_counts
 from inboxflow.scheduling import register_accounts
 from inboxflow.settings import Settings
 from inboxflow.supervisor import ProcessGroup, start_all
-from inboxflow.wiring import catalogue_from, request_syncs
+from inboxflow.wiring import catalogue_from, request_syncs, serde_from
 from schemas.models import Event
-from schemas.serde import decode
+from schemas.serde import Serde, serde_for
 from tests.conftest import TEMPLATE_DATABASE, _with_database
 from tests.helpers import wait_until
 from topics.admin import ensure_topics
@@ -48,6 +48,7 @@ class Pipeline:
     workers: ProcessGroup
     database_url: str
     logs: Path
+    serde: Serde = field(default_factory=lambda: serde_for(None))  # the workers' wire format
 
     def sync(self, users: list[str], *, full: bool = False) -> list[str]:
         """Register each user as an account (once) and request a sync of it; return the ids."""
@@ -89,7 +90,7 @@ class Pipeline:
 
     def events(self, topic: str, model: type[E]) -> list[E]:
         """Every event currently in ``topic``, decoded."""
-        return [decode(record.value or b"", model) for record in self.read(topic)]
+        return [self.serde.decode(record.value or b"", model) for record in self.read(topic)]
 
     def query(self, statement: str, **params: Any) -> list[tuple[Any, ...]]:
         """Rows of a query on the pipeline's database."""
@@ -157,8 +158,12 @@ def running_pipeline(
     *,
     env: dict[str, str] | None = None,
     retry_ladders: dict[str, list[int]] | None = None,
+    schema_registry_url: str | None = None,
 ) -> Iterator[Pipeline]:
-    """Start every worker and sink against ``emulator`` under a fresh namespace and database."""
+    """Start every worker and sink against ``emulator`` under a fresh namespace and database.
+
+    ``schema_registry_url``: run in registry mode (Confluent framing) instead of single-object.
+    """
     namespace = f"e2e-{uuid.uuid4().hex[:8]}"
     database_url = _create_database(stack)
     settings = Settings(
@@ -169,6 +174,7 @@ def running_pipeline(
         gmail_api_root=emulator.url,
         retry_ladders=retry_ladders or {},
         insight_interval_seconds=0.5,
+        schema_registry_url=schema_registry_url,
     )
     catalogue = catalogue_from(settings)
     asyncio.run(ensure_topics(stack.kafka_bootstrap, catalogue.topics))
@@ -181,12 +187,15 @@ def running_pipeline(
         "INBOXFLOW_GMAIL_API_ROOT": emulator.url,
         "INBOXFLOW_INSIGHT_INTERVAL_SECONDS": "0.5",
         "INBOXFLOW_RETRY_LADDERS": json.dumps(retry_ladders or {}),
+        **({"INBOXFLOW_SCHEMA_REGISTRY_URL": schema_registry_url} if schema_registry_url else {}),
         **(env or {}),
     }
     logs = Path(tempfile.mkdtemp(prefix=f"inboxflow-{namespace}-"))
     workers = start_all(worker_env, log_dir=logs)
     try:
-        yield Pipeline(settings, catalogue, emulator, workers, database_url, logs)
+        yield Pipeline(
+            settings, catalogue, emulator, workers, database_url, logs, serde_from(settings)
+        )
     finally:
         workers.stop()
     # Reached only when the tests passed: a failure keeps the worker logs for reading.

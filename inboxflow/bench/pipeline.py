@@ -30,8 +30,9 @@ from aiokafka import TopicPartition
 
 from devstack.gmail_emulator.generator import generate_messages
 from inboxflow.settings import Settings
+from inboxflow.wiring import serde_from
 from schemas.models import GmailMessageFetched
-from schemas.serde import decode, encode
+from schemas.serde import Serde, serde_for
 from streams.stages.mime import normalized_event
 from topics.admin import ensure_topics
 from topics.catalogue import Catalogue, build_catalogue
@@ -77,12 +78,14 @@ def fetched_events(count: int, user: str = "bench@inboxflow.test") -> list[Gmail
     ]
 
 
-async def _produce(bootstrap: str, topic: str, events: list[GmailMessageFetched]) -> None:
+async def _produce(
+    bootstrap: str, topic: str, events: list[GmailMessageFetched], serde: Serde
+) -> None:
     kafka = KafkaClients(bootstrap)
     async with kafka.started(kafka.producer()) as producer:
         for index, event in enumerate(events):
             # Spread over partitions (one user id would put everything on one).
-            await producer.send(topic, encode(event), key=f"u{index % 12}".encode())
+            await producer.send(topic, serde.encode(event), key=f"u{index % 12}".encode())
         await producer.flush()
 
 
@@ -100,7 +103,9 @@ async def _output_times(bootstrap: str, topic: str, count: int, deadline: float)
     return arrivals
 
 
-async def _naive_peer(bootstrap: str, source: str, target: str, count: int, group: str) -> None:
+async def _naive_peer(
+    bootstrap: str, source: str, target: str, count: int, group: str, serde: Serde
+) -> None:
     kafka = KafkaClients(bootstrap, client_id="naive-peer")
     async with (
         kafka.started(kafka.consumer(source, group_id=group)) as consumer,
@@ -108,9 +113,9 @@ async def _naive_peer(bootstrap: str, source: str, target: str, count: int, grou
     ):
         for _ in range(count):
             record = await consumer.getone()
-            fetched = decode(record.value or b"", GmailMessageFetched)
+            fetched = serde.decode(record.value or b"", GmailMessageFetched)
             normalized = normalized_event(fetched, datetime.now(UTC))
-            await producer.send_and_wait(target, encode(normalized), key=record.key)
+            await producer.send_and_wait(target, serde.encode(normalized), key=record.key)
             tp = TopicPartition(record.topic, record.partition)
             await consumer.commit({tp: record.offset + 1})
 
@@ -137,6 +142,9 @@ async def _run_inboxflow(
         "INBOXFLOW_TOPIC_NAMESPACE": catalogue.namespace,
         "INBOXFLOW_TOPIC_PARTITIONS": str(_PARTITIONS),
     }
+    env.pop("INBOXFLOW_SCHEMA_REGISTRY_URL", None)
+    if settings.schema_registry_url:
+        env["INBOXFLOW_SCHEMA_REGISTRY_URL"] = settings.schema_registry_url
     started = time.monotonic()
     worker = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "inboxflow", "worker", "--agent", "normalize",
@@ -159,12 +167,14 @@ async def _run_inboxflow(
 async def run_pipeline_bench(settings: Settings, messages: int = 2000) -> PipelineBenchResult:
     """Run both sides on the same generated messages; return the figures."""
     events = fetched_events(messages)
+    # Both sides speak the deployment's wire format (a registry URL in the settings: Confluent).
+    serde = serde_from(settings)
     ours = build_catalogue(f"bench-{uuid.uuid4().hex[:8]}", partitions=_PARTITIONS)
     peer = build_catalogue(f"bench-peer-{uuid.uuid4().hex[:8]}", partitions=_PARTITIONS)
     bootstrap = settings.kafka_bootstrap_servers
     for catalogue in (ours, peer):
         await ensure_topics(bootstrap, catalogue.topics)
-        await _produce(bootstrap, catalogue.message_fetched.name, events)
+        await _produce(bootstrap, catalogue.message_fetched.name, events, serde)
 
     rate, startup, peak = await _run_inboxflow(settings, ours, messages)
 
@@ -172,8 +182,9 @@ async def run_pipeline_bench(settings: Settings, messages: int = 2000) -> Pipeli
         _output_times(bootstrap, peer.email_normalized.name, messages, time.monotonic() + 600)
     )
     argv = [bootstrap, peer.message_fetched.name, peer.email_normalized.name, str(messages)]
+    argv += [peer.normalize.group_id, settings.schema_registry_url or ""]
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "inboxflow.bench.pipeline", *argv, peer.normalize.group_id,
+        sys.executable, "-m", "inboxflow.bench.pipeline", *argv,
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     stdout, _ = await process.communicate()
@@ -192,8 +203,9 @@ async def run_pipeline_bench(settings: Settings, messages: int = 2000) -> Pipeli
 
 def _peer_main(argv: list[str]) -> None:
     """Run the naive peer in its own process and print its peak RSS (MiB)."""
-    bootstrap, source, target, count, group = argv
-    asyncio.run(_naive_peer(bootstrap, source, target, int(count), group))
+    bootstrap, source, target, count, group, registry_url = argv
+    serde = serde_for(registry_url or None)
+    asyncio.run(_naive_peer(bootstrap, source, target, int(count), group, serde))
     print(_peak_rss_mib(os.getpid()))  # noqa: T201 - read by the parent process
 
 

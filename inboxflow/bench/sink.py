@@ -23,8 +23,8 @@ import psycopg
 from aiokafka.admin import NewTopic
 from prometheus_client import CollectorRegistry
 
-from schemas import serde
 from schemas.models import JobKind, JobStateChanged, JobStatus
+from schemas.serde import Serde, serde_for
 from sinks.base import Decoded, PostgresSink, SinkConfig
 from sinks.job_state import UPSERT_ROW, JobStateWriter, WriteMethod, decode_job_state, job_row
 from sinks.metrics import SinkMetrics
@@ -112,18 +112,21 @@ async def run_sink_bench(
     batch_records: int = 5000,
     method: WriteMethod = "copy",
     naive: bool = True,
+    serde: Serde | None = None,
 ) -> SinkBenchResult:
     """Produce ``events`` records, time both writers over them, clean up, return the rates.
 
-    ``naive=False`` skips the slow peer (its time is then reported as infinite).
+    ``naive=False`` skips the slow peer (its time is then reported as infinite). ``serde`` is
+    the deployment's wire format (default single-object), used by the producer and both sides.
     """
+    serde = serde or serde_for(None)
     run_id = uuid.uuid4().hex[:8]
     topic, user_id = f"inboxflow.bench.sink-{run_id}", f"bench-{run_id}"
     groups = [f"inboxflow-bench-sink-{run_id}", f"inboxflow-bench-naive-{run_id}"]
     async with kafka.started(kafka.admin()) as admin:
         await admin.create_topics([NewTopic(topic, _PARTITIONS, 1)])
         try:
-            ends = await _produce(kafka, topic, bench_events(user_id, events))
+            ends = await _produce(kafka, topic, bench_events(user_id, events), serde)
             config = SinkConfig(
                 kafka=kafka,
                 conninfo=conninfo,
@@ -131,11 +134,12 @@ async def run_sink_bench(
                 dlq_topic=f"{topic}.dlq",
                 max_batch_records=batch_records,
             )
-            batched = await _time_batched(config, JobStateWriter(method), topic, ends)
+            writer = JobStateWriter(method, serde=serde)
+            batched = await _time_batched(config, writer, topic, ends)
             _cleanup(conninfo, user_id, groups)
             naive_seconds = math.inf
             if naive:
-                naive_seconds = await _time_naive(kafka, conninfo, topic, groups[1], events)
+                naive_seconds = await _time_naive(kafka, conninfo, topic, groups[1], events, serde)
         finally:
             _cleanup(conninfo, user_id, groups)
             await admin.delete_topics([topic])
@@ -149,7 +153,7 @@ async def run_sink_bench(
 
 
 async def _produce(
-    kafka: KafkaClients, topic: str, events: list[JobStateChanged]
+    kafka: KafkaClients, topic: str, events: list[JobStateChanged], serde: Serde
 ) -> dict[int, int]:
     async with kafka.started(kafka.producer(linger_ms=10)) as producer:
         futures = [
@@ -200,7 +204,7 @@ async def _caught_up(
 
 
 async def _time_naive(
-    kafka: KafkaClients, conninfo: str, topic: str, group_id: str, events: int
+    kafka: KafkaClients, conninfo: str, topic: str, group_id: str, events: int, serde: Serde
 ) -> float:
     """One transaction per record, offsets auto-committed to Kafka: the naive peer."""
     consumer = kafka.consumer(topic, group_id=group_id, enable_auto_commit=True)
@@ -215,7 +219,7 @@ async def _time_naive(
                     if not began:
                         began = time.perf_counter()
                     for record in records:
-                        event = decode_job_state(record)
+                        event = decode_job_state(record, serde)
                         row = job_row(Decoded(record, event), event.occurred_at)
                         async with conn.transaction():
                             await conn.execute(UPSERT_ROW, row)

@@ -12,7 +12,7 @@ from inboxflow.bench.gmail import run_bench
 from inboxflow.bench.pipeline import run_pipeline_bench
 from inboxflow.bench.sink import run_sink_bench
 from inboxflow.settings import Settings
-from inboxflow.wiring import kafka_from
+from inboxflow.wiring import kafka_from, serde_from
 from sinks.job_state import WriteMethod
 from streams.stages.gmail.planner import FetchNeed
 
@@ -107,6 +107,7 @@ def sink(
             batch_records=batch_records,
             method=method,
             naive=naive,
+            serde=serde_from(settings),
         )
     )
     if as_json:

@@ -1,9 +1,13 @@
-"""``inboxflow dev up | down | status | check | fetch``: the local stack from the command line."""
+"""``inboxflow dev up | down | status | check | fetch | schema-registry``: the local stack."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import signal
+import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,7 @@ from db.migrate import apply_migrations
 from devstack.kafka import KAFKA_VERSION, ensure_classpath
 from devstack.processes import StackError
 from devstack.roundtrip import round_trip
+from devstack.schema_registry import APICURIO_VERSION, ensure_distribution, start_schema_registry
 from devstack.stack import (
     read_state,
     start_stack,
@@ -82,12 +87,38 @@ def up(as_json: bool) -> None:
 
 @dev.command()
 def fetch() -> None:
-    """Resolve the Kafka broker jars with Maven into the cache (once; later starts are offline)."""
+    """Resolve the Kafka jars and the schema registry with Maven (once; later starts offline)."""
+    cache = state_dir(_settings())
     try:
-        libs = ensure_classpath(state_dir(_settings()))
+        libs = ensure_classpath(cache)
+        click.echo(f"Kafka {KAFKA_VERSION} jars ready in {libs}")
+        runner = ensure_distribution(cache)
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"Kafka {KAFKA_VERSION} jars ready in {libs}")
+    click.echo(f"Apicurio Registry {APICURIO_VERSION} ready in {runner.parent}")
+
+
+@dev.command("schema-registry")
+def schema_registry() -> None:
+    """Run a Confluent-compatible schema registry (Apicurio, in memory) until Ctrl-C."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    work_dir = Path(tempfile.mkdtemp(prefix="inboxflow-registry-"))
+    try:
+        registry = start_schema_registry(
+            cache_dir=state_dir(_settings()), work_dir=work_dir, die_with_parent=True
+        )
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        click.echo(f"Schema registry (Apicurio {APICURIO_VERSION}) at {registry.url}")
+        click.echo(f"  export INBOXFLOW_SCHEMA_REGISTRY_URL={registry.url}")
+        click.echo("Stop with Ctrl-C (its schemas are kept in memory only).")
+        stop.wait()
+    finally:
+        registry.stop()
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 @dev.command()

@@ -1,7 +1,8 @@
 """``inboxflow sink jobs|contacts``: run a sink until SIGTERM.
 
 Thin: takes the settings the root command read and names from the topic catalogue (options
-override them, for tests), builds the writers and runs ``sinks.base.PostgresSink``.
+override them, for tests), builds the writers with the deployment's serde (the one the agents
+encode with) and runs ``sinks.base.PostgresSink``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import click
 from prometheus_client import start_http_server
 
 from inboxflow.settings import Settings
-from inboxflow.wiring import catalogue_from, kafka_from
+from inboxflow.wiring import catalogue_from, kafka_from, serde_from
 from sinks.base import PostgresSink, RowWriter, SinkConfig
 from sinks.contacts import ContactsWriter, EmailsWriter
 from sinks.job_state import JobStateWriter, WriteMethod
@@ -74,7 +75,8 @@ def jobs(settings: Settings, /, topic: str | None, method: WriteMethod, **option
     catalogue = catalogue_from(settings, namespace=options.pop("namespace"))
     group = catalogue.sink_jobs
     config = _config(settings, group, options, options.pop("group_id"))
-    writers: dict[str, RowWriter[Any]] = {topic or group.sources[0].name: JobStateWriter(method)}
+    writer = JobStateWriter(method, serde=serde_from(settings))
+    writers: dict[str, RowWriter[Any]] = {topic or group.sources[0].name: writer}
     _run(config, writers, "jobs", options["metrics_port"], settings)
 
 
@@ -96,9 +98,12 @@ def contacts(
     catalogue = catalogue_from(settings, namespace=options.pop("namespace"))
     group = catalogue.sink_contacts
     config = _config(settings, group, options, options.pop("group_id"))
-    writers: dict[str, RowWriter[Any]] = {topic or group.sources[0].name: ContactsWriter()}
+    serde = serde_from(settings)
+    writers: dict[str, RowWriter[Any]] = {
+        topic or group.sources[0].name: ContactsWriter(serde=serde)
+    }
     if settings.sink_emails if emails is None else emails:
-        writers[emails_topic or catalogue.email_normalized.name] = EmailsWriter()
+        writers[emails_topic or catalogue.email_normalized.name] = EmailsWriter(serde=serde)
     _run(config, writers, "contacts", options["metrics_port"], settings)
 
 

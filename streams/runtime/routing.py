@@ -1,6 +1,8 @@
 """Build the records a stage produces about its work: forwards to retry/DLQ topics and job states.
 
-Pure: no I/O and no clock (callers pass ``now`` in epoch seconds). A forwarded record keeps its
+Pure: no I/O and no clock (callers pass ``now`` in epoch seconds). Job states are encoded with
+the serde the caller passes, the one every producer of the deployment uses (a registry-backed
+serde may fetch a schema id once per process). A forwarded record keeps its
 key, value bytes and original headers byte-identical; ``schemas.headers`` context is added, the
 ``x-original-*`` headers once at the first failure, the error headers replaced at each failure.
 """
@@ -12,7 +14,7 @@ from datetime import UTC, datetime
 from schemas import headers as h
 from schemas.errors import Decision, Failure, RetryClass
 from schemas.models import ErrorClass, JobKind, JobStateChanged, JobStatus
-from schemas.serde import encode
+from schemas.serde import Serde
 from streams.runtime.stage import JobRef, Outgoing, Record
 
 # Job versions are derived, not read from a clock, so they order the same on every machine:
@@ -61,10 +63,15 @@ def job_state(
     *,
     attempt: int,
     now: float,
+    serde: Serde,
     failure: Failure | None = None,
     phase: int = 0,
 ) -> Outgoing:
-    """Return the JobStateChanged record for a job reaching ``status`` on ``attempt``."""
+    """Return the JobStateChanged record for a job reaching ``status`` on ``attempt``.
+
+    Raises:
+        TransientError: ``serde`` needs a schema registry that cannot be reached (retry later).
+    """
     event = JobStateChanged(
         user_id=ref.user_id,
         job_id=job_id(kind, ref),
@@ -78,7 +85,7 @@ def job_state(
         version=job_version(attempt, status, phase),
         occurred_at=datetime.fromtimestamp(now, UTC),
     )
-    return Outgoing(topic, ref.user_id.encode(), encode(event))
+    return Outgoing(topic, ref.user_id.encode(), serde.encode(event))
 
 
 def failed_status(decision: Decision, failure: Failure) -> JobStatus:

@@ -19,6 +19,7 @@ from typing import Any, cast
 import faust
 from mode import Service
 
+from schemas.serde import Serde
 from streams.runtime.app import create_app
 from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.retry_relay import RetryRelay
@@ -66,13 +67,22 @@ def build_worker_app(
     batch: BatchConfig = BatchConfig(),
     session_timeout: float = 30.0,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    serde: Serde | None = None,
 ) -> faust.App:
-    """Return a faust App running ``stages`` (by source topic) for ``group``, with its relay."""
+    """Return a faust App running ``stages`` (by source topic) for ``group``, with its relay.
+
+    ``serde`` encodes the job states, as the stages' own serde encodes their events (default:
+    single-object encoding).
+    """
     app = create_app(group.group_id, kafka=kafka, session_timeout=session_timeout)
     publisher = KafkaPublisher(kafka, client_id=group.group_id)
     runners = {
         topic: StageRunner(
-            stage, group, job_topic=catalogue.job_state_changed.name, publisher=publisher
+            stage,
+            group,
+            job_topic=catalogue.job_state_changed.name,
+            publisher=publisher,
+            serde=serde,
         )
         for topic, stage in stages.items()
     }

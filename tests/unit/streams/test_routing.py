@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from schemas import headers as h
 from schemas.errors import Decision, Failure, RetryClass
 from schemas.models import JobKind, JobStateChanged, JobStatus
-from schemas.serde import decode
+from schemas.serde import decode, serde_for
 from streams.runtime.routing import (
     attempts_so_far,
     failed_status,
@@ -178,6 +178,7 @@ def test_job_state_event_carries_the_failure() -> None:
         JobStatus.RETRYING,
         attempt=2,
         now=1000.0,
+        serde=serde_for(None),
         failure=Failure(RetryClass.TIMEOUT, "too slow"),
     )
     event = decode(out.value, JobStateChanged)
