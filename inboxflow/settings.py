@@ -89,6 +89,40 @@ class Settings(BaseSettings):
         None,
         description="Folder of per-user OAuth token JSON files; unset means anonymous (emulator).",
     )
+    gmail_pubsub_topic: str | None = Field(
+        None,
+        pattern=r"^projects/[^/]+/topics/[^/]+$",
+        description="Pub/Sub topic Gmail publishes mailbox changes to "
+        "(`projects/<project>/topics/<topic>`); unset: no push, syncs come from the scheduler.",
+    )
+    push_host: str = Field("127.0.0.1", description="Interface `push-receiver` listens on.")
+    push_port: int = Field(8086, ge=0, le=65535, description="Port `push-receiver` listens on.")
+    push_audience: str | None = Field(
+        None,
+        description="Audience of the push subscription's OIDC tokens (its endpoint URL unless "
+        "set otherwise); required while INBOXFLOW_PUSH_VERIFY is on.",
+    )
+    push_service_account: str | None = Field(
+        None,
+        description="Service account the push subscription authenticates as (the token's "
+        "`email`); unset: any Google-signed token for the audience.",
+    )
+    push_certs_url: str = Field(
+        "https://www.googleapis.com/oauth2/v1/certs",
+        description="Where the push tokens' signing certificates are fetched (Google's v1 format).",
+    )
+    push_verify: bool = Field(
+        True,
+        description="Verify the OIDC token of every push; turn off only where no one else can "
+        "reach the receiver.",
+    )
+    push_coalesce_ms: int = Field(
+        1000,
+        ge=0,
+        le=5000,
+        description="Least time between two push-triggered sync requests for one user; "
+        "notifications in between wait for one follow-up request.",
+    )
     embedding_provider: Literal["local", "openai"] = Field(
         "local", description="`local` runs a bundled CPU model; `openai` calls an HTTP API."
     )

@@ -6,7 +6,17 @@ Start it in-process with ``GmailEmulator`` (``with`` for a thread, ``async with`
 
 from devstack.gmail_emulator.accounting import AccountingSnapshot
 from devstack.gmail_emulator.faults import FaultConfig
+from devstack.gmail_emulator.push import OidcSigner, PushConfig, PushStats
 from devstack.gmail_emulator.quota import COST_TABLES, QuotaConfig
 from devstack.gmail_emulator.server import GmailEmulator
 
-__all__ = ["COST_TABLES", "AccountingSnapshot", "FaultConfig", "GmailEmulator", "QuotaConfig"]
+__all__ = [
+    "COST_TABLES",
+    "AccountingSnapshot",
+    "FaultConfig",
+    "GmailEmulator",
+    "OidcSigner",
+    "PushConfig",
+    "PushStats",
+    "QuotaConfig",
+]

@@ -32,6 +32,13 @@ from devstack.gmail_emulator.mailbox import (
     decode_page_token,
     encode_page_token,
 )
+from devstack.gmail_emulator.push import (
+    TOPIC_NAME,
+    WATCH_LIFETIME,
+    PushConfig,
+    PushNotifier,
+    Watch,
+)
 from devstack.gmail_emulator.quota import QuotaConfig, QuotaModel, Throttle
 
 Json = dict[str, Any]
@@ -73,7 +80,7 @@ class _ApiError(Exception):
         self.response = response
 
 
-Handler = Callable[["EmulatorState", Mailbox, ApiRequest, dict[str, str]], Json]
+Handler = Callable[["EmulatorState", Mailbox, ApiRequest, dict[str, str]], Json | ApiResponse]
 _ROUTES: list[tuple[str, re.Pattern[str], str, str]] = []
 
 
@@ -103,6 +110,8 @@ class EmulatorState:
         quota: QuotaConfig | None = None,
         faults: FaultConfig | None = None,
         history_retention: int = 100_000,
+        *,
+        push: PushConfig | None = None,
     ) -> None:
         self.lock = threading.RLock()
         self.mailboxes: dict[str, Mailbox] = {}
@@ -111,6 +120,8 @@ class EmulatorState:
         self.quota = QuotaModel(quota or QuotaConfig())
         self.faults = FaultInjector(faults or FaultConfig())
         self.accounting = Accounting()
+        self.watches: dict[str, Watch] = {}  # email address -> users.watch registration
+        self.push = PushNotifier(push)
 
     # -- users ---------------------------------------------------------------------------------
 
@@ -120,6 +131,7 @@ class EmulatorState:
             box = self.mailboxes.get(email_address)
             if box is None:
                 box = Mailbox(email_address, seed=seed, history_retention=self.history_retention)
+                box.on_change = self._mailbox_changed
                 self.mailboxes[email_address] = box
                 self.default_user = self.default_user or email_address
             return box
@@ -130,6 +142,12 @@ class EmulatorState:
             if user_id == "me":
                 return self.mailboxes.get(self.default_user or "")
             return self.mailboxes.get(user_id)
+
+    def _mailbox_changed(self, box: Mailbox, record: HistoryRecord) -> None:
+        """Announce a change to the push endpoint when a live watch covers it (under the lock)."""
+        watch = self.watches.get(box.email_address)
+        if watch is not None and watch.covers(record, int(time.time() * 1000)):
+            self.push.changed(box.email_address, record.id)
 
     # -- the per-request pipeline ------------------------------------------------------------
 
@@ -195,9 +213,10 @@ class EmulatorState:
         handler: Handler = globals()[handler_name]
         try:
             with self.lock:
-                return ApiResponse(200, handler(self, box, req, params))
+                result = handler(self, box, req, params)
         except _ApiError as exc:
             return ApiResponse(*exc.response)
+        return result if isinstance(result, ApiResponse) else ApiResponse(200, result)
 
     async def handle(self, req: ApiRequest) -> ApiResponse:
         """Serve one call end to end (faults, quota, latency, handler)."""
@@ -427,6 +446,51 @@ def insert_message(state: EmulatorState, box: Mailbox, req: ApiRequest, p: dict[
 def import_message(state: EmulatorState, box: Mailbox, req: ApiRequest, p: dict[str, str]) -> Json:
     """users.messages.import (``raw``; internal date from the Date header unless told)."""
     return _store(box, req, "dateHeader")
+
+
+def _json_body(req: ApiRequest) -> Json:
+    try:
+        body = json.loads(req.body or b"{}")
+    except ValueError as exc:
+        raise _ApiError(envelopes.bad_request("Invalid JSON payload received.")) from exc
+    if not isinstance(body, dict):
+        raise _ApiError(envelopes.bad_request("Invalid JSON payload received."))
+    return body
+
+
+@_route("POST", "/watch", "users.watch")
+def watch(state: EmulatorState, box: Mailbox, req: ApiRequest, p: dict[str, str]) -> Json:
+    """users.watch: (re)register push notifications to a Pub/Sub topic for seven days."""
+    body = _json_body(req)
+    topic = body.get("topicName")
+    if not isinstance(topic, str) or not TOPIC_NAME.match(topic):
+        raise _ApiError(
+            envelopes.bad_request("Invalid topicName does not match projects/SOME-PROJECT/topics/*")
+        )
+    label_ids = body.get("labelIds") or []
+    if not isinstance(label_ids, list) or not all(isinstance(x, str) for x in label_ids):
+        raise _ApiError(envelopes.bad_request("Invalid value at 'label_ids'"))
+    # labelFilterAction is the deprecated spelling; labelFilterBehavior wins when both are set.
+    behaviour = str(body.get("labelFilterBehavior") or body.get("labelFilterAction") or "include")
+    if behaviour.lower() not in ("include", "exclude"):
+        raise _ApiError(
+            envelopes.bad_request(f"Invalid value at 'label_filter_behavior' ({behaviour})")
+        )
+    expiration = int((time.time() + WATCH_LIFETIME.total_seconds()) * 1000)
+    state.watches[box.email_address] = Watch(
+        topic,
+        tuple(box.label_id(x) for x in label_ids),
+        "exclude" if behaviour.lower() == "exclude" else "include",
+        expiration,
+    )
+    return {"historyId": str(box.history_id), "expiration": str(expiration)}
+
+
+@_route("POST", "/stop", "users.stop")
+def stop(state: EmulatorState, box: Mailbox, req: ApiRequest, p: dict[str, str]) -> ApiResponse:
+    """users.stop: no more push notifications for this mailbox (204, also when none was set)."""
+    state.watches.pop(box.email_address, None)
+    return ApiResponse(204, {})
 
 
 def form_query(body: bytes) -> Query:

@@ -69,6 +69,7 @@ def parse_batch(content_type: str, body: bytes) -> list[InnerRequest]:
 
 _REASONS = {
     200: "OK",
+    204: "No Content",
     400: "Bad Request",
     403: "Forbidden",
     404: "Not Found",
@@ -94,6 +95,13 @@ def build_batch_response(
     chunks = []
     for content_id, status, payload, headers in parts:
         extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        if status == 204:  # no body, no content type (users.stop)
+            chunks.append(
+                f"--{boundary}\r\nContent-Type: application/http\r\n"
+                f"Content-ID: {response_content_id(content_id)}\r\n\r\n"
+                f"HTTP/1.1 204 No Content\r\n{extra}\r\n\r\n"
+            )
+            continue
         chunks.append(
             f"--{boundary}\r\nContent-Type: application/http\r\n"
             f"Content-ID: {response_content_id(content_id)}\r\n\r\n"

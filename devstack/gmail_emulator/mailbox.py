@@ -11,7 +11,7 @@ import email.utils
 import random
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
@@ -107,6 +107,8 @@ class Mailbox:
         self.history_retention = history_retention
         self.oldest_valid_history_id = self.history_id
         self.user_labels: dict[str, str] = {}  # label id -> name
+        # Told of every recorded change (push notifications); runs under the emulator's lock.
+        self.on_change: Callable[[Mailbox, HistoryRecord], None] | None = None
 
     def _new_id(self) -> str:
         self._next_id += self._rng.randrange(1, 4096)
@@ -118,15 +120,16 @@ class Mailbox:
 
     def _record(self, kind: HistoryType, msg: StoredMessage, labels: Iterable[str] = ()) -> None:
         msg.history_id = self._bump_history()
-        self.history.append(
-            HistoryRecord(
-                msg.history_id, kind, msg.id, msg.thread_id, tuple(labels), tuple(msg.label_ids)
-            )
+        record = HistoryRecord(
+            msg.history_id, kind, msg.id, msg.thread_id, tuple(labels), tuple(msg.label_ids)
         )
+        self.history.append(record)
         overflow = len(self.history) - self.history_retention
         if overflow > 0:
             self.oldest_valid_history_id = self.history[overflow - 1].id
             del self.history[:overflow]
+        if self.on_change is not None:
+            self.on_change(self, record)
 
     def add(
         self,

@@ -28,6 +28,8 @@ COST_TABLES: dict[str, dict[str, int]] = {
         "users.threads.list": 10,
         "users.messages.insert": 25,
         "users.messages.import": 25,
+        "users.watch": 100,
+        "users.stop": 50,
     },
     "2026": {
         "users.getProfile": 1,
@@ -40,6 +42,8 @@ COST_TABLES: dict[str, dict[str, int]] = {
         "users.threads.list": 10,
         "users.messages.insert": 25,
         "users.messages.import": 25,
+        "users.watch": 100,
+        "users.stop": 50,
     },
 }
 

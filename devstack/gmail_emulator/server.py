@@ -3,7 +3,8 @@
 ``GmailEmulator`` runs as an asyncio task (``async with``) or in a background thread with its own
 loop (``with``), on a free 127.0.0.1 port unless told otherwise; ``.url`` is the root URL to put in
 the discovery document. It also lets tests add messages, expire history, change faults and read
-accounting. It must not import ``streams``.
+accounting, and it pushes notifications of watched mailboxes (``push.py``) and serves the
+certificate of their tokens at ``.certs_url``. It must not import ``streams``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from devstack.gmail_emulator.batch import (
 from devstack.gmail_emulator.faults import FaultConfig, FaultInjector
 from devstack.gmail_emulator.generator import generate_messages
 from devstack.gmail_emulator.mailbox import Mailbox
+from devstack.gmail_emulator.push import CERTS_PATH, OidcSigner, PushConfig, PushStats
 from devstack.gmail_emulator.quota import QuotaConfig, QuotaModel
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,8 @@ MAX_UPLOAD = 157_286_400  # messages.insert/import mediaUpload.maxSize
 
 
 def _json_response(response: ApiResponse) -> web.Response:
+    if response.status == 204:
+        return web.Response(status=204, headers=response.headers)
     return web.Response(
         status=response.status,
         body=json.dumps(response.body).encode(),
@@ -58,6 +62,7 @@ class GmailEmulator:
         host: interface to bind; keep loopback.
         port: 0 picks a free port.
         history_retention: history records kept per user before old ids give 404.
+        push: where and how watched mailboxes' changes are pushed (nowhere by default).
     """
 
     def __init__(
@@ -68,8 +73,9 @@ class GmailEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
         history_retention: int = 100_000,
+        push: PushConfig | None = None,
     ) -> None:
-        self.state = EmulatorState(quota, faults, history_retention)
+        self.state = EmulatorState(quota, faults, history_retention, push=push)
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
@@ -97,10 +103,12 @@ class GmailEmulator:
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
+        self.state.push.bind(asyncio.get_running_loop())
         log.info("gmail emulator listening url=%s", self.url)
 
     async def stop(self) -> None:
-        """Stop serving."""
+        """Stop serving (pending push deliveries are cancelled)."""
+        await self.state.push.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -232,6 +240,31 @@ class GmailEmulator:
         """Replace the quota model; buckets start full again."""
         self.state.quota = QuotaModel(quota)
 
+    def set_push(self, push: PushConfig) -> None:
+        """Replace the push knobs (endpoint, audience, drops...); the signing key stays."""
+        self.state.push.configure(push)
+
+    @property
+    def push_stats(self) -> PushStats:
+        """A copy of the push counters."""
+        return self.state.push.stats
+
+    @property
+    def push_signer(self) -> OidcSigner:
+        """The key that signs push tokens (its certificate is served at ``certs_url``)."""
+        return self.state.push.signer
+
+    @property
+    def certs_url(self) -> str:
+        """Where the push tokens' certificates are served, in Google's v1 certs format."""
+        return f"http://{self.host}:{self.port}{CERTS_PATH}"
+
+    def watching(self, user: str) -> bool:
+        """Whether ``user``'s mailbox has a live ``users.watch``."""
+        with self.state.lock:
+            watch = self.state.watches.get(self.mailbox(user).email_address)
+            return watch is not None and watch.expiration_ms > time.time() * 1000
+
     # -- HTTP ----------------------------------------------------------------------------------
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
@@ -240,6 +273,11 @@ class GmailEmulator:
             return await self._serve_batch(request.headers.get("Content-Type", ""), body)
         if request.path == "/_emulator/accounting":
             return web.json_response(_snapshot_json(self.accounting))
+        if request.path == CERTS_PATH and request.method == "GET":
+            # Google's certs answer is cacheable for hours; a short max-age keeps tests honest.
+            return web.json_response(
+                self.state.push.signer.certs(), headers={"Cache-Control": "public, max-age=300"}
+            )
         method, query = request.method, {k: request.query.getall(k) for k in request.query}
         if request.headers.get("X-HTTP-Method-Override"):
             method = request.headers["X-HTTP-Method-Override"].upper()

@@ -21,6 +21,7 @@ COMMANDS: Mapping[str, str] = {
     "dlq": "inboxflow.cli.ops:dlq",
     "emulator": "inboxflow.cli.emulator:emulator",
     "lag": "inboxflow.cli.ops:lag",
+    "push-receiver": "inboxflow.cli.push:push_receiver",
     "replay": "inboxflow.cli.ops:replay_command",
     "run": "inboxflow.cli.run:run",
     "scheduler": "inboxflow.cli.worker:scheduler",
