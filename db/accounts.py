@@ -106,6 +106,19 @@ UPDATE accounts SET last_sync_requested_at = %(at)s, updated_at = now()
 WHERE user_id = ANY(%(users)s)
   AND (last_sync_requested_at IS NULL OR last_sync_requested_at < %(at)s)
 """
+WATCHES_DUE = """
+SELECT user_id FROM accounts
+WHERE state = 'active'
+  AND (watch_expires_at IS NULL OR watch_expires_at < %(expiring_before)s
+       OR watch_renewed_at IS NULL OR watch_renewed_at < %(renewed_before)s)
+ORDER BY watch_expires_at NULLS FIRST, user_id
+LIMIT %(limit)s
+"""
+RECORD_WATCH = """
+UPDATE accounts
+SET watch_expires_at = %(expires_at)s, watch_renewed_at = %(at)s, updated_at = now()
+WHERE user_id = %(user_id)s
+"""
 RECORD_OUTCOME = """
 UPDATE accounts
 SET last_synced_at = %(at)s, last_sync_outcome = %(outcome)s, last_sync_error = %(error)s,
@@ -201,6 +214,27 @@ async def mark_sync_requested(
 ) -> None:
     """Note that a SyncRequested for each of ``users`` was acknowledged by Kafka at ``at``."""
     await conn.execute(MARK_REQUESTED, {"users": [u.lower() for u in users], "at": at})
+
+
+async def watches_due(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    renewed_before: datetime,
+    expiring_before: datetime,
+    limit: int,
+) -> list[str]:
+    """Return active accounts whose Gmail watch is missing, expiring or not renewed lately."""
+    params = {"renewed_before": renewed_before, "expiring_before": expiring_before, "limit": limit}
+    cursor = await conn.execute(WATCHES_DUE, params)
+    return [row[0] for row in await cursor.fetchall()]
+
+
+async def record_watch(
+    conn: psycopg.AsyncConnection[Any], user_id: str, expires_at: datetime | None, at: datetime
+) -> None:
+    """Note a renewed watch (or, with ``expires_at`` None, a stopped one) on the account."""
+    params = {"user_id": user_id.lower(), "expires_at": expires_at, "at": at}
+    await conn.execute(RECORD_WATCH, params)
 
 
 async def record_sync_outcome(

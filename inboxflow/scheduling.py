@@ -11,13 +11,21 @@ import psycopg
 
 from db import accounts
 from inboxflow.settings import Settings
-from inboxflow.wiring import catalogue_from, kafka_from, serde_from
+from inboxflow.wiring import catalogue_from, gmail_client_from, kafka_from, serde_from
 from streams.runtime.publisher import KafkaPublisher
-from streams.sources.scheduler import SchedulerConfig, SyncScheduler
+from streams.sources.scheduler import RenewWatch, SchedulerConfig, SyncScheduler
+from streams.stages.gmail.client import GmailClient
+from streams.stages.gmail.watch import watch
 
 
-def scheduler_from(settings: Settings) -> tuple[SyncScheduler, KafkaPublisher]:
-    """Return the scheduler the settings describe and the publisher it sends through."""
+def scheduler_from(
+    settings: Settings, gmail: GmailClient | None = None
+) -> tuple[SyncScheduler, KafkaPublisher]:
+    """Return the scheduler the settings describe and the publisher it sends through.
+
+    With ``gmail_pubsub_topic`` set, the scheduler also keeps every active account's Gmail
+    watch alive through ``gmail``.
+    """
     publisher = KafkaPublisher(kafka_from(settings, client_id="inboxflow-scheduler"))
     config = SchedulerConfig(
         conninfo=settings.database_url.get_secret_value(),
@@ -25,12 +33,25 @@ def scheduler_from(settings: Settings) -> tuple[SyncScheduler, KafkaPublisher]:
         max_staleness=settings.sync_max_staleness,
         interval=settings.scheduler_interval,
     )
-    return SyncScheduler(config, publisher=publisher, serde=serde_from(settings)), publisher
+    topic = settings.gmail_pubsub_topic
+    renew: RenewWatch | None = None
+    if topic is not None and gmail is not None:
+        client = gmail
+
+        async def renew_watch(user: str) -> datetime:
+            return (await watch(client, user, topic)).expiration
+
+        renew = renew_watch
+    scheduler = SyncScheduler(
+        config, publisher=publisher, serde=serde_from(settings), renew_watch=renew
+    )
+    return scheduler, publisher
 
 
 async def run_scheduler(settings: Settings) -> None:
     """Run the scheduler until SIGTERM or SIGINT."""
-    scheduler, publisher = scheduler_from(settings)
+    gmail = gmail_client_from(settings) if settings.gmail_pubsub_topic else None
+    scheduler, publisher = scheduler_from(settings, gmail)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -39,6 +60,8 @@ async def run_scheduler(settings: Settings) -> None:
         await scheduler.run(stop)
     finally:
         await publisher.stop()
+        if gmail is not None:
+            gmail.close()
 
 
 async def register_accounts(settings: Settings, users: Sequence[str]) -> list[str]:

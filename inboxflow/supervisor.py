@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 SINKS = ("jobs", "contacts")
 SOURCES = ("scheduler",)  # processes that put events onto topics from outside the agents
+PUSH_SOURCE = "push-receiver"  # started too when a Pub/Sub topic is configured
 
 
 def run_agent(agent: str, settings: Settings, *, loglevel: str = "WARNING") -> None:
@@ -103,10 +104,16 @@ def start_all(
     *,
     agents: Sequence[str] = AGENTS,
     sinks: Sequence[str] = SINKS,
-    sources: Sequence[str] = SOURCES,
+    sources: Sequence[str] | None = None,
     log_dir: Path | None = None,
 ) -> ProcessGroup:
-    """Start every agent, sink and source as a child process with ``env``."""
+    """Start every agent, sink and source as a child process with ``env``.
+
+    ``sources`` default: the scheduler, and the push receiver when ``env`` configures push.
+    """
+    if sources is None:
+        push = bool(env.get("INBOXFLOW_GMAIL_PUBSUB_TOPIC"))
+        sources = (*SOURCES, PUSH_SOURCE) if push else SOURCES
     group = ProcessGroup()
     base_port = int(env.get("INBOXFLOW_METRICS_PORT", "0") or 0)
     names = [(f"agent-{a}", _command("worker", "--agent", a)) for a in agents]

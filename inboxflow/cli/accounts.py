@@ -13,6 +13,9 @@ import psycopg
 from db import accounts as store
 from db.accounts import Account, AccountNotFoundError, AccountState
 from inboxflow.settings import Settings
+from inboxflow.wiring import gmail_client_from
+from schemas.errors import InboxflowError
+from streams.stages.gmail.watch import stop_watch
 
 T = TypeVar("T")
 
@@ -87,6 +90,8 @@ def _state_command(name: str, state: AccountState, help_text: str) -> click.Comm
             return [await store.set_state(conn, user, state) for user in users]
 
         moved = _run(settings, move)
+        if state is not AccountState.ACTIVE:
+            _stop_watches(settings, [account.user_id for account in moved])
         if as_json:
             click.echo(json.dumps([account.to_json() for account in moved]))
             return
@@ -116,12 +121,35 @@ def remove(settings: Settings, users: tuple[str, ...], purge: bool, as_json: boo
         return {user: await store.remove_account(conn, user, purge=purge) for user in users}
 
     removed = _run(settings, remove_all)
+    _stop_watches(settings, list(removed))
     if as_json:
         click.echo(json.dumps(removed))
         return
     for user, deleted in removed.items():
         rows = ", ".join(f"{table} {count}" for table, count in deleted.items() if count)
         click.echo(f"removed {user}" + (f" (rows deleted: {rows})" if purge else ""))
+
+
+def _stop_watches(settings: Settings, users: list[str]) -> None:
+    """Tell Gmail to stop pushing changes of ``users`` (when push is configured); best effort.
+
+    A watch left behind only costs notifications the receiver drops (the account is not active).
+    """
+    if settings.gmail_pubsub_topic is None or not users:
+        return
+
+    async def stop_all() -> None:
+        client = gmail_client_from(settings)
+        try:
+            for user in users:
+                try:
+                    await stop_watch(client, user)
+                except InboxflowError as exc:
+                    click.echo(f"warning: Gmail watch of {user} not stopped: {exc}", err=True)
+        finally:
+            client.close()
+
+    asyncio.run(stop_all())
 
 
 def _run(settings: Settings, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:

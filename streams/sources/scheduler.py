@@ -8,6 +8,10 @@ connection and with it the lock, and another replica's next tick takes over.
 
 Requests are produced and acknowledged by Kafka before the accounts are marked, so a crash
 between the two only repeats a request (the sync agent coalesces and skips known ids).
+
+With push configured, the lock holder also keeps every active account's Gmail watch alive:
+renewed daily, and always before its 7-day expiry (Google's advice), so a watch dies only if
+the scheduler is down for days, and even then the staleness schedule keeps mail flowing.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +35,11 @@ from streams.runtime.publisher import Publisher
 from streams.stages.base import event_record
 
 log = logging.getLogger(__name__)
+
+RenewWatch = Callable[[str], Awaitable[datetime]]
+"""Start or renew one mailbox's Gmail watch; return when it expires."""
+WATCH_RENEW_EVERY = timedelta(days=1)
+WATCH_RENEW_BEFORE_EXPIRY = timedelta(days=2)
 
 # One advisory lock key for the scheduler role (an arbitrary constant: "inbx" in ASCII).
 SCHEDULER_LOCK = 0x696E6278
@@ -56,11 +65,13 @@ class SyncScheduler:
         *,
         publisher: Publisher,
         serde: Serde,
+        renew_watch: RenewWatch | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.publisher = publisher
         self.serde = serde
+        self.renew_watch = renew_watch  # None: no push configured, no watches to keep
         self.clock = clock
         self.holds_lock = False
 
@@ -84,6 +95,7 @@ class SyncScheduler:
         while not stop.is_set():
             if await self._take_lock(conn):
                 await self.tick(conn)
+                await self.renew_watches(conn)
             await _wait(stop, self.config.interval)
 
     async def _take_lock(self, conn: psycopg.AsyncConnection[Any]) -> bool:
@@ -119,6 +131,34 @@ class SyncScheduler:
         await accounts.mark_sync_requested(conn, due, now)
         log.info("scheduled syncs of %d stale accounts", len(due))
         return due
+
+    async def renew_watches(self, conn: psycopg.AsyncConnection[Any]) -> list[str]:
+        """Renew the watches that are missing, expiring or a day old; return those renewed.
+
+        One mailbox's failure (a revoked grant, a refused topic) is logged and retried on a
+        later tick; it does not hold up the others.
+        """
+        if self.renew_watch is None:
+            return []
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        due = await accounts.watches_due(
+            conn,
+            renewed_before=now - WATCH_RENEW_EVERY,
+            expiring_before=now + WATCH_RENEW_BEFORE_EXPIRY,
+            limit=self.config.batch,
+        )
+        renewed = []
+        for user in due:
+            try:
+                expires = await self.renew_watch(user)
+            except Exception as exc:  # noqa: BLE001 - one mailbox must not stop the rest
+                log.warning("gmail watch not renewed user=%s: %s", user, exc)
+                continue
+            await accounts.record_watch(conn, user, expires, now)
+            renewed.append(user)
+        if renewed:
+            log.info("renewed %d gmail watches", len(renewed))
+        return renewed
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

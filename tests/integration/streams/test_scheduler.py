@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,15 @@ import psycopg
 import pytest
 
 from db import accounts
+from devstack.gmail_emulator import GmailEmulator
 from inboxflow.supervisor import ProcessGroup
 from schemas.models import SyncRequested
-from schemas.serde import decode
-from streams.sources.scheduler import SCHEDULER_LOCK
+from schemas.serde import decode, serde_for
+from streams.sources.scheduler import SCHEDULER_LOCK, SchedulerConfig, SyncScheduler
+from streams.stages.gmail.client import GmailClient, GmailClientConfig
+from streams.stages.gmail.watch import watch
 from tests.helpers import wait_until
+from tests.memory_publisher import MemoryPublisher
 from tests.pipeline_support import read_topic
 from topics.admin import ensure_topics
 from topics.catalogue import build_catalogue
@@ -130,3 +135,43 @@ def test_accounts_past_the_staleness_bound_are_asked_for_again(
     )
     assert [r.user_id for r in again] == ["stale@x.test", "stale@x.test"]
     assert len({r.sync_id for r in again}) == 2
+
+
+async def test_the_lock_holder_keeps_gmail_watches_alive(
+    gmail_emulator: GmailEmulator, database_url: str
+) -> None:
+    gmail_emulator.add_user("watched@x.test", messages=1, seed=1)
+    gmail_emulator.add_user("fresh@x.test", messages=1, seed=2)
+    client = GmailClient(GmailClientConfig(api_root=gmail_emulator.url))
+    renewed_users: list[str] = []
+
+    async def renew(user: str) -> datetime:
+        renewed_users.append(user)
+        return (await watch(client, user, "projects/p/topics/gmail")).expiration
+
+    config = SchedulerConfig(database_url, "unused", max_staleness=3600, interval=1)
+    scheduler = SyncScheduler(
+        config, publisher=MemoryPublisher(), serde=serde_for(None), renew_watch=renew
+    )
+    try:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            for user in ("watched@x.test", "fresh@x.test"):
+                await accounts.add_account(conn, user)
+            assert await scheduler.renew_watches(conn) == ["fresh@x.test", "watched@x.test"]
+            assert gmail_emulator.watching("watched@x.test")
+            account = await accounts.get_account(conn, "watched@x.test")
+            assert account.watch_expires_at is not None
+            assert account.watch_expires_at > datetime.now(UTC) + timedelta(days=6)
+
+            assert await scheduler.renew_watches(conn) == []  # renewed today: nothing to do
+            await conn.execute(  # one watch is about to expire
+                "UPDATE accounts SET watch_expires_at = now() + interval '1 hour'"
+                " WHERE user_id = 'watched@x.test'"
+            )
+            assert await scheduler.renew_watches(conn) == ["watched@x.test"]
+            await accounts.set_state(conn, "fresh@x.test", accounts.AccountState.PAUSED)
+            await conn.execute("UPDATE accounts SET watch_renewed_at = now() - interval '2 days'")
+            assert await scheduler.renew_watches(conn) == ["watched@x.test"]  # not the paused
+    finally:
+        client.close()
+    assert renewed_users == ["fresh@x.test", "watched@x.test", "watched@x.test", "watched@x.test"]
