@@ -6,6 +6,7 @@ Library packages (``topics``, ``sinks``, ``schemas``, ``devstack``) never read t
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
@@ -23,8 +24,15 @@ class StageTimeouts(BaseModel):
     sync_base: float = 120.0
     sync_per_1000_messages: float = 60.0
     normalize: float = 90.0
+    # One message's parse in a CPU worker (0.7 s for 21.7 MB of mail); past it the worker is
+    # killed and only that message fails.
+    normalize_record: float = 30.0
     extract: float = 45.0
+    # The embed batch starts no message after this; a started one has `embed_record` more (and
+    # never more than this).
     embed: float = 240.0
+    # One message's chunks (at most `embed_max_chunks`: about 8 s of one core for the local model).
+    embed_record: float = 60.0
     insight: float = 240.0
 
     def sync_for(self, mailbox_messages: int) -> float:
@@ -132,6 +140,24 @@ class Settings(BaseSettings):
     embedding_api_key: SecretStr = Field(SecretStr(""), description="Bearer token for the API.")
     embedding_model: str = Field("all-MiniLM-L6-v2", description="Embedding model name.")
     embedding_dimension: int = Field(384, description="Vector length of the embedding model.")
+    embed_max_chunks: int = Field(
+        32,
+        ge=1,
+        description="Chunks of 1,000 characters embedded per message; the rest is left out and "
+        "the event says `truncated`.",
+    )
+    cpu_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="Worker processes for CPU-bound work (MIME parsing, the local embedding "
+        "model) in each agent process; default: one per core.",
+    )
+    worker_buffer_bytes: int = Field(
+        1024 * 1024 * 1024,
+        ge=1,
+        description="Bytes of consumed records an agent process may hold (fetched, buffered, "
+        "in its batch); sizes its Kafka fetches, stream buffer and batches.",
+    )
     retry_ladders: dict[str, list[int]] = Field(
         default_factory=dict,
         description='Retry delays in seconds per agent, JSON: {"normalize": [5, 30, 120, 600]}.',

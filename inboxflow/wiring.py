@@ -20,6 +20,7 @@ from db.agent_state import AgentState
 from inboxflow.settings import Settings
 from schemas.models import SyncRequested
 from schemas.serde import Serde, serde_for
+from streams.runtime.cpu_pool import CpuPool
 from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.stage import Stage
 from streams.runtime.worker import BatchConfig, build_worker_app
@@ -82,16 +83,30 @@ def gmail_client_from(settings: Settings) -> GmailClient:
     )
 
 
-def embedding_provider_from(settings: Settings) -> EmbeddingProvider:
-    """Return the configured embedding provider."""
+# Embedding work per provider: chunks per call (a message's deadline is checked between calls)
+# and calls at once. The local model runs one call per CPU worker, and a call of 8 chunks is
+# 2 s of one core; an API is paid per request, so a call is one full request, and 4 of them
+# in flight overlap their latency while the provider's token bucket paces them.
+LOCAL_EMBED_SUB_BATCH = 8
+API_EMBED_SUB_BATCH = 64
+API_EMBED_CONCURRENCY = 4
+# What CPU workers run (parsing, the local model), imported before a worker takes a call.
+CPU_POOL_PRELOAD = ("streams.stages.mime", "streams.stages.embedding")
+
+
+def embedding_provider_from(
+    settings: Settings, *, pool: CpuPool | None = None
+) -> EmbeddingProvider:
+    """Return the configured embedding provider; the local model runs in ``pool``."""
     if settings.embedding_provider == "openai":
         return OpenAIEmbeddingProvider(
             base_url=settings.embedding_api_url,
             model=settings.embedding_model,
             dimension=settings.embedding_dimension,
             api_key=settings.embedding_api_key.get_secret_value() or None,
+            batch_size=API_EMBED_SUB_BATCH,
         )
-    return LocalEmbeddingProvider()
+    return LocalEmbeddingProvider(pool=pool)  # without a pool, one of its own per core
 
 
 @dataclass
@@ -103,6 +118,7 @@ class Resources:
     _gmail: GmailClient | None = None
     _state: AgentState | None = None
     _embedder: EmbeddingProvider | None = None
+    _cpu_pool: CpuPool | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Resources:
@@ -132,12 +148,25 @@ class Resources:
         closer = getattr(self._embedder, "aclose", None)
         if closer is not None:
             await closer()
+        if self._cpu_pool is not None:
+            await self._cpu_pool.aclose()
+
+    @property
+    def cpu_pool(self) -> CpuPool:
+        """Worker processes for CPU-bound work (parsing, the local model): one per core."""
+        if self._cpu_pool is None:
+            self._cpu_pool = CpuPool(
+                self.settings.cpu_workers, name="inboxflow-cpu", preload=CPU_POOL_PRELOAD
+            )
+        return self._cpu_pool
 
     @property
     def embedder(self) -> EmbeddingProvider:
         """The embedding provider."""
         if self._embedder is None:
-            self._embedder = embedding_provider_from(self.settings)
+            local = self.settings.embedding_provider == "local"
+            pool = self.cpu_pool if local else None
+            self._embedder = embedding_provider_from(self.settings, pool=pool)
         return self._embedder
 
 
@@ -165,6 +194,8 @@ def build_stages(agent: str, catalogue: Catalogue, resources: Resources) -> Mapp
             serde=serde,
             normalized_topic=catalogue.email_normalized.name,
             timeout=timeouts.normalize,
+            record_timeout=timeouts.normalize_record,
+            pool=resources.cpu_pool,
         )
         return {catalogue.message_fetched.name: stage}
     if agent == "extract":
@@ -173,11 +204,16 @@ def build_stages(agent: str, catalogue: Catalogue, resources: Resources) -> Mapp
         )
         return {catalogue.email_normalized.name: stage}
     if agent == "embed":
+        local = settings.embedding_provider == "local"
         stage = EmbedStage(
             serde=serde,
             provider=resources.embedder,
             embedded_topic=catalogue.email_embedded.name,
             timeout=timeouts.embed,
+            record_timeout=timeouts.embed_record,
+            max_chunks=settings.embed_max_chunks,
+            sub_batch=LOCAL_EMBED_SUB_BATCH if local else API_EMBED_SUB_BATCH,
+            concurrency=resources.cpu_pool.workers if local else API_EMBED_CONCURRENCY,
         )
         return {catalogue.email_normalized.name: stage}
     if agent == "insight":
@@ -206,6 +242,7 @@ def build_worker(agent: str, settings: Settings) -> faust.App:
         session_timeout=settings.session_timeout_seconds,
         on_stop=resources.close,
         serde=resources.serde,
+        buffer_bytes=settings.worker_buffer_bytes,
     )
 
 

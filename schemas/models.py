@@ -255,6 +255,7 @@ class EmailEmbedded(Event):
     dimension: Int32
     chunks: list[EmbeddedChunk] = Field(default_factory=list)
     embedded_at: Timestamp
+    truncated: bool = False
 
 
 # --- insights ---------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ def create_app(
     kafka: KafkaClients,
     commit_interval: float = 1.0,
     session_timeout: float = 30.0,
+    fetch_bytes: int = 1024 * 1024,
+    poll_records: int = 500,
+    buffer_events: int = 4096,
     **overrides: Any,
 ) -> faust.App:
     """Return a faust App for one consumer group.
@@ -30,6 +33,12 @@ def create_app(
         kafka: the cluster's client settings.
         commit_interval: seconds between offset commits; the duplicate window after a crash.
         session_timeout: how long a crashed member keeps its partitions before they move.
+        fetch_bytes: bytes fetched per partition at a time (aiokafka ``max_partition_fetch_bytes``;
+            a larger record still arrives whole).
+        poll_records: records one poll hands to faust (short polls keep heartbeats alive,
+            robinhood#402).
+        buffer_events: events faust buffers ahead of the agent; it counts events, not bytes,
+            so ``streams.runtime.worker.plan_buffers`` sizes it from the largest record.
         overrides: other faust settings, for tests and tuning.
     """
     settings: dict[str, Any] = {
@@ -41,8 +50,9 @@ def create_app(
         "web_enabled": False,
         "broker_commit_interval": commit_interval,
         "broker_commit_every": 1000,
-        "broker_max_poll_records": 500,  # short polls keep heartbeats alive (robinhood#402)
-        "stream_buffer_maxsize": 4096,
+        "broker_max_poll_records": poll_records,
+        "consumer_max_fetch_size": fetch_bytes,
+        "stream_buffer_maxsize": buffer_events,
         "producer_linger": 0.005,
         "producer_acks": -1,
         "consumer_auto_offset_reset": "earliest",

@@ -5,6 +5,11 @@ published everything that followed from it, so a crash re-delivers instead of lo
 (faust acks on exceptions and commits past in-flight events with concurrency > 1: bugs #606,
 #315, see ``docs/faust.md``). The retry tiers are relayed in the same
 process, so per-user limits (Gmail quota) live with whoever owns the user's partition.
+
+Memory is bounded in bytes, not records: raw mail goes up to 64 MiB a record, and faust's own
+buffers count events. ``plan_buffers`` splits a worker's byte budget between Kafka fetches,
+faust's stream buffer (sized in events of the largest record the sources accept) and a window
+of records taken but not yet acked, which the agent fills by bytes; batches are cut from it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -25,7 +31,7 @@ from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.retry_relay import RetryRelay
 from streams.runtime.runner import StageRunner
 from streams.runtime.stage import Record, Stage
-from topics.catalogue import Catalogue, ConsumerGroup
+from topics.catalogue import Catalogue, ConsumerGroup, TopicSpec
 from topics.kafka import KafkaClients
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,166 @@ class BatchConfig:
 
     size: int = 100
     within: float = 0.2
+
+
+DEFAULT_BUFFER_BYTES = 1024 * 1024 * 1024
+BROKER_MAX_MESSAGE_BYTES = 1024 * 1024 + 12  # Kafka's message.max.bytes, for topics without one
+EVENT_OVERHEAD_BYTES = 1024  # a taken event's Python objects, beside its key and value
+WINDOW_EVENTS_PER_BATCH = 10  # taken-not-acked events, in batches: small mail never waits on it
+_MIN_FETCH_BYTES = 64 * 1024
+_MAX_FETCH_BYTES = 1024 * 1024  # faust's default
+_MAX_POLL_RECORDS = 500  # short polls keep heartbeats alive (robinhood#402)
+_MAX_BUFFER_EVENTS = 4096  # faust's default
+
+
+@dataclass(frozen=True)
+class BufferPlan:
+    """How one worker spends its byte budget on consumed records, from its source topics.
+
+    A record is held in one of four places, each bounded here:
+
+    * fetched: aiokafka keeps at most one fetch per assigned partition, ``fetch_bytes`` each,
+      though a record larger than that still arrives whole (KIP-74): ``largest_record`` each;
+    * delivering: faust moves one poll, at most ``poll_records`` records, into its buffers;
+    * buffered: faust's stream buffer of each agent (one per source topic), ``buffer_events``
+      events each (it counts events, not bytes);
+    * taken: records an agent took and has not acked yet (the batch at work and the next
+      ones): ``window_bytes`` per agent, plus the one record that crosses the line.
+
+    ``worst_case_bytes`` adds them up assuming every record is as large as the largest the
+    sources accept; it never exceeds ``budget_bytes``. Records the stage produces, the retry
+    relay's own consumer and the CPU pool's copies of records in work are not counted.
+    """
+
+    budget_bytes: int
+    largest_record: int
+    partitions: int
+    agents: int
+    fetch_bytes: int
+    poll_records: int
+    buffer_events: int
+    window_bytes: int
+
+    @property
+    def worst_case_bytes(self) -> int:
+        """The most record bytes the worker can hold at once."""
+        fetched = self.partitions * max(self.fetch_bytes, self.largest_record)
+        per_agent = self.buffer_events + 1  # its buffer, and the record over its window's line
+        queued = (self.poll_records + self.agents * per_agent) * self.largest_record
+        return fetched + queued + self.agents * self.window_bytes
+
+
+def largest_record_bytes(spec: TopicSpec) -> int:
+    """Return the largest record ``spec``'s topic accepts (its ``max.message.bytes``)."""
+    return int(spec.configs.get("max.message.bytes", BROKER_MAX_MESSAGE_BYTES))
+
+
+def plan_buffers(budget_bytes: int, sources: Sequence[TopicSpec]) -> BufferPlan:
+    """Split ``budget_bytes`` between fetches, faust's buffer and the agent's window.
+
+    Pure. A worker may own every partition of its sources, so fetches get their worst case
+    first; a quarter of the rest goes to faust's buffers and the poll being delivered, counted
+    in records of the largest size; the agents' windows share the remainder. Each source topic
+    has its own agent.
+
+    Raises:
+        ValueError: The budget cannot hold that: the message says how much would.
+    """
+    if not sources:
+        raise ValueError("a worker needs at least one source topic")
+    largest = max(largest_record_bytes(spec) for spec in sources)
+    partitions = sum(spec.partitions for spec in sources)
+    agents = len(sources)
+    fetch = min(_MAX_FETCH_BYTES, max(_MIN_FETCH_BYTES, budget_bytes // (8 * partitions)))
+    left = budget_bytes - partitions * max(fetch, largest)
+    buffer_events = max(2, min(_MAX_BUFFER_EVENTS, left // (4 * largest * agents)))
+    # faust stops fetching a partition when its buffer reaches 80 % (mode's FlowControlQueue),
+    # and when no partition is left it sleeps a whole second. A poll delivered while the agent
+    # has not yet run must stay under that line, or every poll would stall the next.
+    poll_records = max(1, min(_MAX_POLL_RECORDS, buffer_events // 2))
+    window = (left - (poll_records + agents * (buffer_events + 1)) * largest) // agents
+    if window < largest:
+        needed = partitions * max(fetch, largest) + (1 + 4 * agents) * largest
+        raise ValueError(
+            f"a worker buffer budget of {budget_bytes} bytes cannot hold {partitions} "
+            f"partitions of records up to {largest} bytes. Operator action: raise it "
+            f"(INBOXFLOW_WORKER_BUFFER_BYTES) to at least {needed}"
+        )
+    return BufferPlan(
+        budget_bytes=budget_bytes,
+        largest_record=largest,
+        partitions=partitions,
+        agents=agents,
+        fetch_bytes=fetch,
+        poll_records=poll_records,
+        buffer_events=buffer_events,
+        window_bytes=window,
+    )
+
+
+class TakenWindow:
+    """Events an agent took from faust and has not acked yet, bounded in bytes and in count.
+
+    The agent's reader ``put``s each event (waiting while the window is full, so faust's buffer
+    fills and faust stops fetching); the batch loop ``take``s a batch and ``release``s it once
+    acked. An event larger than the whole window is let in alone, never refused.
+    """
+
+    def __init__(self, max_bytes: int, max_events: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_events = max_events
+        self.bytes = 0  # of every event in the window: waiting and taken
+        self.events = 0
+        self._waiting: deque[tuple[faust.types.EventT[Any], int]] = deque()
+        self._changed = asyncio.Condition()
+        self._broken: BaseException | None = None
+
+    def full(self) -> bool:
+        """Return True when ``put`` would wait."""
+        return self.events > 0 and (self.bytes >= self.max_bytes or self.events >= self.max_events)
+
+    async def put(self, event: faust.types.EventT[Any], size: int) -> None:
+        """Add an event of ``size`` bytes once there is room; raises if the batch loop died."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._broken is not None or not self.full())
+            if self._broken is not None:
+                raise RuntimeError("the agent's batch loop stopped") from self._broken
+            self._waiting.append((event, size))
+            self.bytes += size
+            self.events += 1
+            self._changed.notify_all()
+
+    async def take(self, size: int, within: float) -> list[tuple[faust.types.EventT[Any], int]]:
+        """Return the next batch: wait for one event, then up to ``within`` s for ``size``."""
+        loop = asyncio.get_running_loop()
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._waiting))
+            until = loop.time() + within
+            # A full window gets no more events until this batch is released: go at once.
+            while len(self._waiting) < size and not self.full() and loop.time() < until:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(until):
+                        await self._changed.wait()
+            return [self._waiting.popleft() for _ in range(min(size, len(self._waiting)))]
+
+    async def release(self, batch: Sequence[tuple[faust.types.EventT[Any], int]]) -> None:
+        """Forget a batch whose events were acked; wakes the reader."""
+        async with self._changed:
+            self.bytes -= sum(size for _, size in batch)
+            self.events -= len(batch)
+            self._changed.notify_all()
+
+    async def close(self, reason: BaseException) -> None:
+        """Make ``put`` raise from now on (the batch loop ended)."""
+        async with self._changed:
+            self._broken = reason
+            self._changed.notify_all()
+
+
+def event_bytes(event: faust.types.EventT[Any]) -> int:
+    """Return what a taken event costs the window: its key, value and object overhead."""
+    message = event.message
+    return len(message.value or b"") + len(message.key or b"") + EVENT_OVERHEAD_BYTES
 
 
 def record_from_event(event: faust.types.EventT[Any]) -> Record:
@@ -68,13 +234,36 @@ def build_worker_app(
     session_timeout: float = 30.0,
     on_stop: Callable[[], Awaitable[None]] | None = None,
     serde: Serde | None = None,
+    buffer_bytes: int = DEFAULT_BUFFER_BYTES,
 ) -> faust.App:
     """Return a faust App running ``stages`` (by source topic) for ``group``, with its relay.
 
     ``serde`` encodes the job states, as the stages' own serde encodes their events (default:
-    single-object encoding).
+    single-object encoding). ``buffer_bytes`` bounds the consumed records the worker holds
+    (see ``plan_buffers``); a budget too small for the sources raises ``ValueError``.
     """
-    app = create_app(group.group_id, kafka=kafka, session_timeout=session_timeout)
+    plan = plan_buffers(buffer_bytes, [catalogue.topic(name) for name in stages])
+    log.info(
+        "worker buffers group=%s budget=%s largest_record=%s partitions=%s agents=%s "
+        "fetch_bytes=%s poll_records=%s buffer_events=%s window_bytes=%s",
+        group.group_id,
+        plan.budget_bytes,
+        plan.largest_record,
+        plan.partitions,
+        plan.agents,
+        plan.fetch_bytes,
+        plan.poll_records,
+        plan.buffer_events,
+        plan.window_bytes,
+    )
+    app = create_app(
+        group.group_id,
+        kafka=kafka,
+        session_timeout=session_timeout,
+        fetch_bytes=plan.fetch_bytes,
+        poll_records=plan.poll_records,
+        buffer_events=plan.buffer_events,
+    )
     publisher = KafkaPublisher(kafka, client_id=group.group_id)
     runners = {
         topic: StageRunner(
@@ -87,7 +276,7 @@ def build_worker_app(
         for topic, stage in stages.items()
     }
     for topic_name, runner in runners.items():
-        _add_agent(app, topic_name, runner, batch)
+        _add_agent(app, topic_name, runner, batch, plan.window_bytes)
     relay = RetryRelay(
         kafka=kafka,
         group_id=group.retry_group_id,
@@ -136,17 +325,42 @@ def build_worker_app(
     return app
 
 
-def _add_agent(app: faust.App, topic_name: str, runner: StageRunner, batch: BatchConfig) -> None:
+def _add_agent(
+    app: faust.App, topic_name: str, runner: StageRunner, batch: BatchConfig, window_bytes: int
+) -> None:
     topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
 
     async def agent(stream: faust.StreamT[bytes]) -> None:
-        # Manual acks: a batch is acked only after its results are acknowledged by Kafka.
-        taking = cast(faust.Stream[bytes], stream).noack_take(batch.size, within=batch.within)
-        async for batch_values in taking:
-            # noack_take yields the events themselves (typed as values upstream).
-            events = cast(list[faust.types.EventT[Any]], batch_values)
+        # Manual acks (noack): an event is acked only after its batch's results are
+        # acknowledged by Kafka. The agent reads events into a window bounded in bytes and a
+        # task cuts batches from it, so a batch is `batch.size` small records or as many large
+        # ones as the budget allows, where faust's take() could only count them.
+        manual = cast(faust.Stream[bytes], stream).noack()
+        window = TakenWindow(window_bytes, max_events=WINDOW_EVENTS_PER_BATCH * batch.size)
+        batches = asyncio.create_task(_run_batches(window, manual, runner, batch))
+        try:
+            async for event in manual.events():
+                await window.put(event, event_bytes(event))
+        finally:
+            batches.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await batches
+
+    app.agent(topic, name=f"{runner.group.agent}.{runner.stage.name}", concurrency=1)(agent)
+
+
+async def _run_batches(
+    window: TakenWindow, stream: faust.StreamT[bytes], runner: StageRunner, batch: BatchConfig
+) -> None:
+    """Run batches from the window, in order, acking each once its results are safe."""
+    try:
+        while True:
+            taken = await window.take(batch.size, batch.within)
+            events = [event for event, _ in taken]
             await runner.run_until_done([record_from_event(event) for event in events])
             for event in events:
                 await stream.ack(event)
-
-    app.agent(topic, name=f"{runner.group.agent}.{runner.stage.name}", concurrency=1)(agent)
+            await window.release(taken)
+    except BaseException as exc:
+        await window.close(exc)
+        raise

@@ -15,7 +15,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Chunk", "chunk_text"]
+__all__ = ["DEFAULT_OVERLAP", "Chunk", "check_chunking", "chunk_text"]
+
+DEFAULT_OVERLAP = 100
 
 # Break candidates, best first. Each pattern's match end is where a chunk may end.
 _BREAKS = (
@@ -38,36 +40,50 @@ class Chunk:
     end: int
 
 
-def chunk_text(text: str, *, max_chars: int = 1000, overlap: int = 100) -> list[Chunk]:
+def chunk_text(
+    text: str, *, max_chars: int = 1000, overlap: int = DEFAULT_OVERLAP, limit: int | None = None
+) -> list[Chunk]:
     """Split ``text`` into chunks of at most ``max_chars`` characters.
 
-    Pure and deterministic. Every non-whitespace character of ``text`` is in at least one chunk.
+    Pure and deterministic. Every non-whitespace character of ``text`` is in at least one chunk,
+    unless ``limit`` stops the split early.
 
     Args:
         text: The text to split.
         max_chars: Upper bound on a chunk's length; must be positive.
         overlap: How many characters a chunk may repeat from the end of the previous one;
             ``0 <= overlap < max_chars``.
+        limit: Return at most this many chunks (the first ones) and stop reading the text
+            there; ``None``: all of them.
 
     Returns:
         The chunks in order, indexed from 0; ``[]`` for empty or whitespace-only text.
 
     Raises:
-        ValueError: ``max_chars`` or ``overlap`` is out of range.
+        ValueError: ``max_chars``, ``overlap`` or ``limit`` is out of range.
     """
-    if max_chars <= 0:
-        raise ValueError(f"max_chars must be positive, got {max_chars}")
-    if not 0 <= overlap < max_chars:
-        raise ValueError(f"overlap must be in [0, max_chars), got {overlap}")
+    check_chunking(max_chars=max_chars, overlap=overlap)
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must not be negative, got {limit}")
     chunks: list[Chunk] = []
     start = _skip_space(text, 0)
-    while start < len(text):
+    while start < len(text) and (limit is None or len(chunks) < limit):
         end = _chunk_end(text, start, max_chars)
         chunks.append(_trimmed(len(chunks), text, start, end))
         if end >= len(text):
             break
         start = _skip_space(text, _next_start(text, start, end, overlap))
     return chunks
+
+
+def check_chunking(*, max_chars: int, overlap: int = DEFAULT_OVERLAP) -> None:
+    """Raise ``ValueError`` unless :func:`chunk_text` accepts these sizes."""
+    if max_chars <= 0:
+        raise ValueError(f"max_chars must be positive, got {max_chars}")
+    if not 0 <= overlap < max_chars:
+        raise ValueError(
+            f"overlap must be in [0, max_chars), got overlap={overlap} with max_chars={max_chars}"
+        )
 
 
 def _chunk_end(text: str, start: int, max_chars: int) -> int:

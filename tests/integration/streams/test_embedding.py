@@ -7,7 +7,8 @@ import base64
 import math
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -20,12 +21,14 @@ from schemas.errors import (
     StageTimeoutError,
     TransientError,
 )
+from streams.runtime.cpu_pool import CpuPool
 from streams.stages.embedding import (
     EmbeddingProvider,
     LocalEmbeddingProvider,
     OpenAIEmbeddingProvider,
     TokenBucket,
 )
+from tests.helpers import async_wait_until
 
 SIMILAR = (
     "The quarterly budget meeting moved to Thursday afternoon.",
@@ -43,8 +46,17 @@ def cosine(a: list[float], b: list[float]) -> float:
 
 
 @pytest.fixture(scope="module")
-def local_provider() -> LocalEmbeddingProvider:
-    return LocalEmbeddingProvider()
+def cpu_pool() -> Iterator[CpuPool]:
+    pool = CpuPool(2, name="test-embed", preload=["streams.stages.embedding"])
+    try:
+        yield pool
+    finally:
+        pool.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_provider(cpu_pool: CpuPool) -> LocalEmbeddingProvider:
+    return LocalEmbeddingProvider(pool=cpu_pool)
 
 
 async def test_local_model_gives_real_semantic_vectors(
@@ -63,10 +75,10 @@ async def test_local_model_gives_real_semantic_vectors(
 
 
 async def test_local_model_is_deterministic_multilingual_and_batched(
-    local_provider: LocalEmbeddingProvider,
+    local_provider: LocalEmbeddingProvider, cpu_pool: CpuPool
 ) -> None:
     texts = [SIMILAR[0], "Die Budgetbesprechung wurde auf Donnerstag verschoben.", UNRELATED]
-    batched = LocalEmbeddingProvider(batch_size=2)
+    batched = LocalEmbeddingProvider(batch_size=2, pool=cpu_pool)
     first = await local_provider.embed(texts)
     again = await batched.embed(texts)
     assert [[round(x, 4) for x in v] for v in first] == [[round(x, 4) for x in v] for v in again]
@@ -88,6 +100,38 @@ async def test_local_model_runs_off_the_event_loop(local_provider: LocalEmbeddin
     assert ticked.is_set()
     assert not embedding.done()  # the loop served the ticker while the model was busy
     assert len(await embedding) == 2
+
+
+def alive(pid: int) -> bool:
+    """True while the process runs (an exited one not yet reaped by its parent does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_local_model_past_a_deadline_stops_computing(cpu_pool: CpuPool) -> None:
+    provider = LocalEmbeddingProvider(pool=cpu_pool)
+    await asyncio.gather(provider.embed(["warm"]), provider.embed(["up"]))  # models loaded
+    before = set(cpu_pool.pids())
+    # 64 passages of ~500 tokens: 15-30 s of one core.
+    long_job = ["The quarterly budget review moved to Thursday afternoon. " * 40] * 64
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5):
+            await provider.embed(long_job)
+
+    # The abandoned work stops with its worker (a thread would run on for the whole job
+    # and hold the model), and the next message is embedded at once.
+    await async_wait_until(lambda: len(before - set(cpu_pool.pids())) == 1, timeout=10)
+    killed = before - set(cpu_pool.pids())
+    await async_wait_until(lambda: not any(alive(pid) for pid in killed), timeout=10)
+    vectors = await provider.embed([SIMILAR[0]])
+    assert len(vectors) == 1
+    assert loop.time() - started < 10
 
 
 # --- OpenAI-compatible provider against the emulator -----------------------------------------

@@ -89,3 +89,16 @@ def test_chunks_cover_the_text_within_bounds(text: str, max_chars: int, overlap:
         assert previous.start < current.start
         assert current.start >= previous.end - overlap
     assert chunk_text(text, max_chars=max_chars, overlap=overlap) == chunks
+
+
+@settings(max_examples=200, deadline=None)
+@given(_texts, st.integers(0, 12))
+def test_a_limit_returns_the_first_chunks_and_nothing_else(text: str, limit: int) -> None:
+    every = chunk_text(text, max_chars=50, overlap=10)
+
+    assert chunk_text(text, max_chars=50, overlap=10, limit=limit) == every[:limit]
+
+
+def test_a_negative_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="limit"):
+        chunk_text("text", limit=-1)

@@ -8,6 +8,7 @@ and fetch (they call Gmail) and insight (its ``process`` folds into Postgres thr
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -328,6 +329,143 @@ async def test_embed_provider_rate_limit_retries_the_messages_no_sooner_than_ask
         ("m2", JobStatus.RETRYING, ErrorClass.RATE_LIMIT),
     ]
     assert publisher.on(EMBEDDED) == []
+
+
+def paragraphs(count: int, tag: str = "") -> str:
+    """Text of ``count`` paragraphs of about 900 characters: one chunk each."""
+    sentence = f"The analytical engine{tag} weaves algebraic patterns as the loom weaves flowers. "
+    return "".join(f"{i:03d} " + sentence * 11 + "\n\n" for i in range(count))
+
+
+class SlowProvider:
+    """Takes ``per_text`` seconds a text; a text containing ``STUCK`` never finishes.
+
+    Deterministic stand-in for a model that is slow on one message: it notes when a call is
+    abandoned, as a killed worker process would stop.
+    """
+
+    name = "fake:slow"
+    dimension = 2
+
+    def __init__(self, per_text: float = 0.002) -> None:
+        self.per_text = per_text
+        self.calls: list[int] = []
+        self.abandoned = 0
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.calls.append(len(texts))
+        try:
+            if any("STUCK" in text for text in texts):
+                await asyncio.Event().wait()
+            await asyncio.sleep(self.per_text * len(texts))
+        except asyncio.CancelledError:
+            self.abandoned += 1
+            raise
+        return [[float(len(text)), 1.0] for text in texts]
+
+
+def test_embed_refuses_chunks_no_longer_than_their_overlap_when_built() -> None:
+    with pytest.raises(ValueError, match="overlap=100 with max_chars=100"):
+        EmbedStage(
+            serde=SERDE,
+            provider=FakeProvider(),
+            embedded_topic=EMBEDDED,
+            timeout=5.0,
+            max_chars=100,
+        )
+
+
+async def test_embed_keeps_the_first_chunks_of_long_mail_and_says_it_left_some_out() -> None:
+    emails = [
+        normalized_email(message_id="long", text=paragraphs(50)),
+        normalized_email(message_id="exact", text=paragraphs(4)),
+        normalized_email(message_id="empty", text=""),
+    ]
+    provider = FakeProvider()
+    stage = EmbedStage(
+        serde=SERDE, provider=provider, embedded_topic=EMBEDDED, timeout=5.0, max_chunks=4
+    )
+    publisher = MemoryPublisher()
+    await run_with(stage, CATALOGUE.embed, publisher).run(event_records(NORMALIZED, emails))
+
+    long, exact, empty = (decode(r.value, EmailEmbedded) for r in publisher.on(EMBEDDED))
+    assert [c.index for c in long.chunks] == [0, 1, 2, 3]
+    assert all(f"{i:03d} The analytical" in c.text for i, c in enumerate(long.chunks))
+    assert (long.truncated, exact.truncated, empty.truncated) == (True, False, False)
+    assert len(exact.chunks) == 4
+    assert empty.chunks == []
+    assert all(len(call) <= 8 for call in provider.calls)  # sub-batches of at most 8 chunks
+
+
+async def test_embed_one_stuck_message_times_out_alone_while_long_mail_finishes() -> None:
+    emails = [normalized_email(message_id=f"long-{i}", text=paragraphs(60)) for i in range(6)]
+    emails.insert(2, normalized_email(message_id="stuck", text=paragraphs(40, " STUCK")))
+    emails += [normalized_email(message_id=f"short-{i}", text="See you Monday.") for i in range(5)]
+    provider = SlowProvider()
+    stage = EmbedStage(
+        serde=SERDE,
+        provider=provider,
+        embedded_topic=EMBEDDED,
+        timeout=60.0,
+        record_timeout=1.0,
+        max_chunks=32,
+        sub_batch=8,
+        concurrency=2,
+        clock=lambda: NOW,
+    )
+    sources = event_records(NORMALIZED, emails)
+    publisher = MemoryPublisher()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await run_with(stage, CATALOGUE.embed, publisher).run(sources)
+    elapsed = loop.time() - started
+
+    embedded = [decode(r.value, EmailEmbedded) for r in publisher.on(EMBEDDED)]
+    assert [e.message_id for e in embedded] == [
+        *(f"long-{i}" for i in range(6)),
+        *(f"short-{i}" for i in range(5)),
+    ]
+    assert all(len(e.chunks) == 32 and e.truncated for e in embedded[:6])
+    # The stuck message alone takes the retry ladder, as a timeout; its call was abandoned.
+    retried = [r for tier in CATALOGUE.embed.retry_tiers for r in publisher.on(tier.topic)]
+    assert [r.value for r in retried] == [sources[2].value]
+    assert h.header_value(list(retried[0].headers), h.ERROR_CLASS) == "timeout"
+    assert provider.abandoned == 1
+    finals = {s.subject_id: s for s in states(publisher) if s.status is not JobStatus.PROCESSING}
+    assert finals.pop("stuck").last_error_class is ErrorClass.TIMEOUT
+    assert {s.status for s in finals.values()} == {JobStatus.DONE}
+    # The others ran beside it: the batch took about one deadline, not one per message.
+    assert elapsed < 10 * stage.record_timeout
+
+
+async def test_embed_batch_starts_no_message_after_its_own_deadline() -> None:
+    emails = [normalized_email(message_id=f"m{i}", text="One chunk.") for i in range(4)]
+    provider = SlowProvider(per_text=0.5)
+    stage = EmbedStage(
+        serde=SERDE,
+        provider=provider,
+        embedded_topic=EMBEDDED,
+        timeout=0.7,
+        record_timeout=5.0,
+        sub_batch=1,  # one message per call
+        concurrency=1,
+    )
+    publisher = MemoryPublisher()
+    await run_with(stage, CATALOGUE.embed, publisher).run(event_records(NORMALIZED, emails))
+
+    # m0 starts at 0 s and m1 at 0.5 s; m2's turn comes at 1 s, past the batch's 0.7 s.
+    assert [decode(r.value, EmailEmbedded).message_id for r in publisher.on(EMBEDDED)] == [
+        "m0",
+        "m1",
+    ]
+    finals = [s for s in states(publisher) if s.status is not JobStatus.PROCESSING]
+    # Not their fault: they wait their turn as a rate limit, not spending timeout attempts.
+    assert [(s.subject_id, s.last_error_class) for s in finals[2:]] == [
+        ("m2", ErrorClass.RATE_LIMIT),
+        ("m3", ErrorClass.RATE_LIMIT),
+    ]
+    assert provider.calls == [1, 1]
+    assert stage.timeout > stage.batch_timeout + stage.record_timeout  # the runner never cuts in
 
 
 # --- undecodable input, every stage ---------------------------------------------------------------
