@@ -101,6 +101,14 @@ class ContactRole(StrEnum):
     UNKNOWN = "unknown"  # reader-side default for symbols added later; never written
 
 
+class DeletionReason(StrEnum):
+    """Why a message is gone (Avro ``DeletionReason``)."""
+
+    DELETED = "deleted"  # Gmail's history reported the deletion
+    RECONCILED = "reconciled"  # a full resync no longer listed a message seen before
+    UNKNOWN = "unknown"  # reader-side default for symbols added later; never written
+
+
 class JobKind(StrEnum):
     """What a job does (Avro ``JobKind``)."""
 
@@ -161,6 +169,31 @@ class MessageDiscovered(Event):
     discovered_at: Timestamp
 
 
+class MessageDeleted(Event):
+    """A Gmail message gone from the mailbox; consumers drop what they derived from it."""
+
+    avro_file: ClassVar[str] = "message_deleted.avsc"
+
+    message_id: str
+    sync_id: str
+    history_id: Int64 | None = None
+    reason: DeletionReason
+    deleted_at: Timestamp
+
+
+class MessageLabelsChanged(Event):
+    """The whole label set of a message after a change; the highest ``history_id`` is current."""
+
+    avro_file: ClassVar[str] = "message_labels_changed.avsc"
+
+    message_id: str
+    thread_id: str
+    sync_id: str
+    history_id: Int64
+    label_ids: list[str]
+    changed_at: Timestamp
+
+
 class GmailMessageFetched(Event):
     """One Gmail message in raw RFC 822 form, enough for replays without Gmail."""
 
@@ -213,6 +246,7 @@ class EmailNormalized(Event):
     reply_to: list[Address] = Field(default_factory=list)
     sent_at: Timestamp | None = None
     labels: list[str] = Field(default_factory=list)
+    history_id: Int64 | None = None
     text: str
     snippet: str
     size: Int32
@@ -333,6 +367,8 @@ class JobStateChanged(Event):
 EVENT_MODELS: tuple[type[Event], ...] = (
     SyncRequested,
     MessageDiscovered,
+    MessageDeleted,
+    MessageLabelsChanged,
     GmailMessageFetched,
     EmailNormalized,
     ContactExtracted,

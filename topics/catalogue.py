@@ -37,7 +37,9 @@ from schemas.models import (
     GmailMessageFetched,
     InsightProduced,
     JobStateChanged,
+    MessageDeleted,
     MessageDiscovered,
+    MessageLabelsChanged,
     SyncRequested,
 )
 
@@ -149,6 +151,8 @@ class Catalogue:
     namespace: str
     sync_requested: TopicSpec
     message_discovered: TopicSpec
+    message_deleted: TopicSpec
+    message_labels_changed: TopicSpec
     message_fetched: TopicSpec
     email_normalized: TopicSpec
     contact_extracted: TopicSpec
@@ -169,6 +173,8 @@ class Catalogue:
         return (
             self.sync_requested,
             self.message_discovered,
+            self.message_deleted,
+            self.message_labels_changed,
             self.message_fetched,
             self.email_normalized,
             self.contact_extracted,
@@ -280,6 +286,23 @@ _EVENT_TOPICS = (
     ),
     _EventTopic(
         "gmail",
+        "message-deleted",
+        MessageDeleted,
+        365,
+        None,
+        "Messages gone from a mailbox (deleted in Gmail, or missing at a full resync); "
+        "consumers drop what they derived from them.",
+    ),
+    _EventTopic(
+        "gmail",
+        "message-labels-changed",
+        MessageLabelsChanged,
+        365,
+        None,
+        "Each message's whole label set after a change (read, archived, starred, trashed).",
+    ),
+    _EventTopic(
+        "gmail",
         "message-fetched",
         GmailMessageFetched,
         None,
@@ -376,7 +399,13 @@ _GROUPS = (
         "sync",
         "Lists a mailbox on each sync request and fetches each discovered message from Gmail.",
         ("sync_requested", "message_discovered"),
-        ("message_discovered", "message_fetched", "job_state_changed"),
+        (
+            "message_discovered",
+            "message_deleted",
+            "message_labels_changed",
+            "message_fetched",
+            "job_state_changed",
+        ),
     ),
     _GroupPlan(
         "normalize",
@@ -410,8 +439,8 @@ _GROUPS = (
     ),
     _GroupPlan(
         "sink-contacts",
-        "Upserts contacts into Postgres.",
-        ("contact_extracted",),
+        "Upserts contacts (and emails) into Postgres; removes deleted messages, updates labels.",
+        ("contact_extracted", "message_deleted", "message_labels_changed"),
         (),
     ),
 )
@@ -520,6 +549,8 @@ def build_catalogue(
         namespace=namespace,
         sync_requested=events["sync_requested"],
         message_discovered=events["message_discovered"],
+        message_deleted=events["message_deleted"],
+        message_labels_changed=events["message_labels_changed"],
         message_fetched=events["message_fetched"],
         email_normalized=events["email_normalized"],
         contact_extracted=events["contact_extracted"],
@@ -539,6 +570,8 @@ def build_catalogue(
 _EVENT_ATTRIBUTES = (
     "sync_requested",
     "message_discovered",
+    "message_deleted",
+    "message_labels_changed",
     "message_fetched",
     "email_normalized",
     "contact_extracted",

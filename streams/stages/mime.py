@@ -216,7 +216,12 @@ def normalized_event(fetched: GmailMessageFetched, now: datetime) -> EmailNormal
         label_ids=fetched.label_ids,
         size_estimate=fetched.size_estimate,
     )
-    fields = {**parsed.as_event_fields(), "user_id": fetched.user_id, "sync_id": fetched.sync_id}
+    fields = {
+        **parsed.as_event_fields(),
+        "user_id": fetched.user_id,
+        "sync_id": fetched.sync_id,
+        "history_id": fetched.history_id,
+    }
     return EmailNormalized.model_validate({**fields, "normalized_at": now})
 
 
