@@ -43,6 +43,12 @@ INSERT INTO discovered_messages (user_id, message_id, sync_id)
 SELECT %(user_id)s, id, %(sync_id)s FROM unnest(%(ids)s::text[]) AS id
 ON CONFLICT DO NOTHING
 """
+SELECT_ALL_KNOWN_IDS = """
+SELECT message_id FROM discovered_messages WHERE user_id = %(user_id)s
+"""
+FORGET_DISCOVERED = """
+DELETE FROM discovered_messages WHERE user_id = %(user_id)s AND message_id = ANY(%(ids)s)
+"""
 ENSURE_INSIGHTS_ROW = """
 INSERT INTO insight_state (user_id, state) VALUES (%(user_id)s, 'null'::jsonb)
 ON CONFLICT (user_id) DO NOTHING
@@ -158,6 +164,18 @@ class AgentState:
         params = {"user_id": user_id, "sync_id": sync_id, "ids": list(ids)}
         async with self._connection() as conn:
             await conn.execute(INSERT_DISCOVERED, params)
+
+    async def all_known_message_ids(self, user_id: str) -> set[str]:
+        """Every id a sync emitted for the user (what a reconciliation compares Gmail with)."""
+        async with self._connection() as conn:
+            cursor = await conn.execute(SELECT_ALL_KNOWN_IDS, {"user_id": user_id})
+            return {row[0] for row in await cursor.fetchall()}
+
+    async def forget_message_ids(self, user_id: str, ids: Iterable[str]) -> None:
+        """Drop ids of messages gone from Gmail, so no later reconciliation reports them again."""
+        params = {"user_id": user_id, "ids": list(ids)}
+        async with self._connection() as conn:
+            await conn.execute(FORGET_DISCOVERED, params)
 
     async def update_insights(self, user_id: str, fold: InsightFold) -> None:
         """Apply ``fold`` to the user's aggregate under a row lock (no lost update between the

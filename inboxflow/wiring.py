@@ -180,6 +180,8 @@ def build_stages(agent: str, catalogue: Catalogue, resources: Resources) -> Mapp
                 gmail=resources.gmail,
                 state=resources.state,
                 discovered_topic=catalogue.message_discovered.name,
+                deleted_topic=catalogue.message_deleted.name,
+                labels_topic=catalogue.message_labels_changed.name,
                 deadline_for=timeouts.sync_for,
             ),
             catalogue.message_discovered.name: FetchStage(

@@ -225,11 +225,12 @@ class Mailbox:
         wanted = {self.label_id(x) for x in query.label_ids}
         terms = _parse_q(query.q)
         wanted |= {self.label_id(x) for x in terms.labels}
+        unwanted = {self.label_id(x) for x in terms.without}
         skip_spam_trash = not query.include_spam_trash and not wanted & {"SPAM", "TRASH"}
         found = []
         for msg in self.messages.values():
             labels = set(msg.label_ids)
-            if not wanted <= labels:
+            if not wanted <= labels or labels & unwanted:
                 continue
             if skip_spam_trash and labels & {"SPAM", "TRASH"}:
                 continue
@@ -247,6 +248,7 @@ class Mailbox:
 @dataclass
 class _Terms:
     labels: list[str] = field(default_factory=list)
+    without: list[str] = field(default_factory=list)  # -label:X, -in:X, -category:X
     after: int | None = None  # epoch ms
     before: int | None = None
     words: list[str] = field(default_factory=list)
@@ -263,9 +265,14 @@ def _q_time_ms(value: str) -> int:
 def _parse_q(q: str) -> _Terms:
     terms = _Terms()
     for token in q.split():
-        key, _, value = token.partition(":")
+        negated = token.startswith("-")
+        key, _, value = token.removeprefix("-").partition(":")
         key = key.lower()
-        if value and key == "after":
+        if value and key == "category":
+            key, value = "label", f"CATEGORY_{value.upper()}"
+        if negated and value and key in ("label", "in"):
+            terms.without.append(value)
+        elif value and key == "after":
             terms.after = _q_time_ms(value)
         elif value and key == "before":
             terms.before = _q_time_ms(value)

@@ -1,9 +1,21 @@
-"""The sync stage: one SyncRequested in, one MessageDiscovered per new message out.
+"""The sync stage: one SyncRequested in; what changed in the mailbox out.
 
 Full sync lists every id (``messages.list``); incremental reads ``history.list`` from the stored
-historyId and falls back to a full sync when Gmail says that id is too old. Ids a sync already
-emitted are skipped, so a resync fetches nothing twice. The historyId checkpoint is written only
-after Kafka acknowledged the events it covers (``Outcome.after_publish``).
+historyId and falls back to a full sync when Gmail says that id is too old. Out go one
+MessageDiscovered per new message, one MessageLabelsChanged per relabelled message and one
+MessageDeleted per message gone. Ids a sync already emitted are skipped, so a resync fetches
+nothing twice. The historyId checkpoint is written only after Kafka acknowledged the events it
+covers (``Outcome.after_publish``).
+
+The account's label filter (``accounts.label_filter``, default SPAM and TRASH) keeps messages
+with those labels from being discovered; one relabelled out of the filter later (a message
+moved out of Spam) is discovered then. A message relabelled into the filter keeps its rows,
+with its labels updated: only a deletion in Gmail removes what inboxflow derived from a message.
+
+After a stale historyId (404) the full resync also reconciles: ids emitted before that Gmail no
+longer has (spam and trash included) are reported deleted (``reason=reconciled``) and
+forgotten, so a later reconciliation does not report them again. A full listing reads no
+history, so a second 404 cannot restart it.
 """
 
 from __future__ import annotations
@@ -12,27 +24,60 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
-from db.accounts import AccountState, SyncOutcome
+from db.accounts import Account, AccountState, SyncOutcome
 from db.agent_state import AgentState
 from schemas.errors import StageTimeoutError, StaleHistoryError
-from schemas.models import JobKind, MessageDiscovered, SyncRequested
+from schemas.models import (
+    DeletionReason,
+    JobKind,
+    MessageDeleted,
+    MessageDiscovered,
+    MessageLabelsChanged,
+    SyncRequested,
+)
 from schemas.serde import Serde
-from streams.runtime.stage import JobRef, Outcome, Record
+from streams.runtime.stage import JobRef, Outcome, Outgoing, Record
 from streams.stages.base import Decoder, event_record, gmail_breakers, utc_now
-from streams.stages.gmail.client import GmailClient, MessageRef
+from streams.stages.gmail.client import GmailClient, LabelChange, MessageRef
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Listing:
-    """What a sync found: ids to emit and the historyId to resume from next time."""
+    """What a sync found, and the historyId to resume from next time."""
 
-    refs: list[MessageRef]
+    refs: list[MessageRef]  # listed or added, before the label filter
     history_id: str
     full: bool
+    deleted: list[str] = field(default_factory=list)
+    labels: dict[str, LabelChange] = field(default_factory=dict)
+    reconciled: bool = False  # deleted holds ids a full resync no longer found
+
+
+def passes(label_ids: Sequence[str], label_filter: Sequence[str]) -> bool:
+    """Return True unless the message carries a label the account skips."""
+    return not set(label_ids) & set(label_filter)
+
+
+def exclusion_query(label_filter: Sequence[str]) -> str | None:
+    """Return the ``messages.list`` query that leaves out the skipped labels.
+
+    Spam and trash are left out by ``includeSpamTrash=false`` already; categories have their
+    own operator (``-category:promotions``); other labels are named (``-label:Receipts``).
+    """
+    terms = []
+    for label in label_filter:
+        if label in ("SPAM", "TRASH"):
+            continue
+        if label.startswith("CATEGORY_"):
+            terms.append(f"-category:{label.removeprefix('CATEGORY_').lower()}")
+        else:
+            terms.append(f"-label:{label}")
+    return " ".join(terms) or None
 
 
 class SyncStage:
@@ -49,6 +94,8 @@ class SyncStage:
         gmail: GmailClient,
         state: AgentState,
         discovered_topic: str,
+        deleted_topic: str,
+        labels_topic: str,
         deadline_for: Callable[[int], float],
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -57,6 +104,8 @@ class SyncStage:
         self.gmail = gmail
         self.state = state
         self.discovered_topic = discovered_topic
+        self.deleted_topic = deleted_topic
+        self.labels_topic = labels_topic
         self.deadline_for = deadline_for  # seconds a sync of a mailbox this size may take
         self.clock = clock
 
@@ -113,7 +162,7 @@ class SyncStage:
                 now = utc_now(self.clock)
                 await self.state.record_sync_outcome(request.user_id, SyncOutcome.SKIPPED, now)
             return Outcome(note=f"sync skipped: account {why}")
-        return await self._sync(request)
+        return await self._sync(request, account)
 
     async def _note_failure(self, user: str, exc: Exception) -> None:
         # Best effort: the failure itself is routed by the runner whatever happens here.
@@ -123,12 +172,20 @@ class SyncStage:
         except Exception:
             log.warning("could not record the failed sync of %s", user, exc_info=True)
 
-    async def _sync(self, request: SyncRequested) -> Outcome:
+    async def _sync(self, request: SyncRequested, account: Account) -> Outcome:
         user = request.user_id
-        listing = await self._list(request)
-        ids = [ref.id for ref in listing.refs]
+        listing = await self._list(request, account)
+        skip = account.label_filter
+        candidates = [ref for ref in listing.refs if passes(ref.label_ids, skip)]
+        # A known message relabelled out of the filter needs no discovery; an unknown one does.
+        candidates += [
+            MessageRef(mid, change.thread_id, change.label_ids)
+            for mid, change in listing.labels.items()
+            if passes(change.label_ids, skip)
+        ]
+        ids = [ref.id for ref in candidates]
         known = await self.state.known_message_ids(user, ids)
-        fresh = [ref for ref in listing.refs if ref.id not in known]
+        fresh = list({ref.id: ref for ref in candidates if ref.id not in known}.values())
         now = utc_now(self.clock)
         outputs = [
             event_record(
@@ -145,17 +202,22 @@ class SyncStage:
             )
             for ref in fresh
         ]
+        outputs += self._changes(request, listing, now)
         queued = [
             (JobKind.NORMALIZE_GOOGLE_EMAIL, JobRef(user, ref.id, batch_id=request.sync_id))
             for ref in fresh
         ]
         log.info(
-            "sync listed user=%s sync=%s full=%s listed=%s new=%s history=%s",
-            user, request.sync_id, listing.full, len(ids), len(fresh), listing.history_id,
+            "sync listed user=%s sync=%s full=%s listed=%s new=%s relabelled=%s deleted=%s "
+            "history=%s",
+            user, request.sync_id, listing.full, len(listing.refs), len(fresh),
+            len(listing.labels), len(listing.deleted), listing.history_id,
         )  # fmt: skip
 
         async def checkpoint() -> None:
             await self.state.remember_message_ids(user, request.sync_id, [r.id for r in fresh])
+            if listing.deleted:
+                await self.state.forget_message_ids(user, listing.deleted)
             await self.state.save_sync_checkpoint(
                 user, listing.history_id, request.sync_id, full=listing.full
             )
@@ -163,30 +225,91 @@ class SyncStage:
 
         return Outcome(outputs=outputs, queued=queued, after_publish=checkpoint)
 
-    async def _list(self, request: SyncRequested) -> Listing:
+    def _changes(self, request: SyncRequested, listing: Listing, now: datetime) -> list[Outgoing]:
+        """The label changes and deletions a listing found, as events."""
+        user, sync_id = request.user_id, request.sync_id
+        outputs = [
+            event_record(
+                self.serde,
+                self.labels_topic,
+                MessageLabelsChanged(
+                    user_id=user,
+                    message_id=mid,
+                    thread_id=change.thread_id or "",
+                    sync_id=sync_id,
+                    history_id=int(change.history_id or listing.history_id),
+                    label_ids=list(change.label_ids),
+                    changed_at=now,
+                ),
+            )
+            for mid, change in listing.labels.items()
+        ]
+        reason = DeletionReason.RECONCILED if listing.reconciled else DeletionReason.DELETED
+        outputs += [
+            event_record(
+                self.serde,
+                self.deleted_topic,
+                MessageDeleted(
+                    user_id=user,
+                    message_id=mid,
+                    sync_id=sync_id,
+                    history_id=None if listing.reconciled else int(listing.history_id),
+                    reason=reason,
+                    deleted_at=now,
+                ),
+            )
+            for mid in listing.deleted
+        ]
+        return outputs
+
+    async def _list(self, request: SyncRequested, account: Account) -> Listing:
         user = request.user_id
         profile = await self.gmail.get_profile(user)
         deadline = self.deadline_for(profile.messages_total)
         try:
             async with asyncio.timeout(deadline):
-                return await self._list_within(request, profile.history_id)
+                return await self._list_within(request, account, profile.history_id)
         except TimeoutError as exc:
             raise StageTimeoutError(
                 f"sync of {user} ({profile.messages_total} messages) ran past {deadline:.0f}s"
             ) from exc
 
-    async def _list_within(self, request: SyncRequested, current_history: str) -> Listing:
+    async def _list_within(
+        self, request: SyncRequested, account: Account, current_history: str
+    ) -> Listing:
         user = request.user_id
         checkpoint = await self.state.sync_checkpoint(user)
+        stale = False
         if not request.full and checkpoint is not None:
             try:
                 changes = await self.gmail.list_changes(user, checkpoint.history_id)
-                return Listing(changes.added, changes.history_id, full=False)
             except StaleHistoryError:
                 log.warning(
                     "stale historyId, full resync user=%s from=%s", user, checkpoint.history_id
                 )
+                stale = True
+            else:
+                return Listing(
+                    changes.added,
+                    changes.history_id,
+                    full=False,
+                    deleted=changes.deleted,
+                    labels=changes.labels,
+                )
         # The historyId is read before listing: mail that lands during the listing is picked up
         # by the next incremental sync (and skipped there if the listing already had it).
-        refs = await self.gmail.list_all_message_ids(user)
-        return Listing(refs, current_history, full=True)
+        query = exclusion_query(account.label_filter)
+        refs = await self.gmail.list_all_message_ids(user, query=query)
+        if not stale:
+            return Listing(refs, current_history, full=True)
+        return Listing(
+            refs, current_history, full=True, deleted=await self._gone(user), reconciled=True
+        )
+
+    async def _gone(self, user: str) -> list[str]:
+        """Ids emitted before that Gmail no longer has at all (spam and trash included)."""
+        known = await self.state.all_known_message_ids(user)
+        if not known:
+            return []
+        everything = await self.gmail.list_all_message_ids(user, include_spam_trash=True)
+        return sorted(known - {ref.id for ref in everything})

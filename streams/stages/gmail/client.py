@@ -99,13 +99,24 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class LabelChange:
+    """A message's whole label set after a change, as ``history.list`` reported it."""
+
+    label_ids: tuple[str, ...]
+    history_id: str  # of the history record that reported the change
+    thread_id: str | None = None
+
+
+@dataclass(frozen=True)
 class HistoryChanges:
     """What changed since a history id, with the id to store for next time."""
 
-    added: list[MessageRef]
+    added: list[MessageRef]  # with the labels each had when added
     deleted: list[str]
     labels_changed: list[str]
     history_id: str
+    # The last label change of each message in ``labels_changed``.
+    labels: dict[str, LabelChange] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -398,7 +409,7 @@ class GmailClient:
         """
         added: dict[str, MessageRef] = {}
         deleted: list[str] = []
-        changed: dict[str, None] = {}
+        changed: dict[str, LabelChange] = {}
         token: str | None = None
         types = list(history_types)
 
@@ -422,17 +433,26 @@ class GmailClient:
             for record in body.get("history", []):
                 for item in record.get("messagesAdded", []):
                     msg = item["message"]
-                    added[msg["id"]] = MessageRef(msg["id"], msg.get("threadId"))
+                    labels = tuple(msg.get("labelIds", ()))
+                    added[msg["id"]] = MessageRef(msg["id"], msg.get("threadId"), labels)
                 for item in record.get("messagesDeleted", []):
                     deleted.append(item["message"]["id"])
                     added.pop(item["message"]["id"], None)
+                    changed.pop(item["message"]["id"], None)
                 for key in ("labelsAdded", "labelsRemoved"):
                     for item in record.get(key, []):
-                        changed[item["message"]["id"]] = None
+                        msg = item["message"]
+                        labels = tuple(msg.get("labelIds", ()))
+                        history = str(record.get("id", ""))
+                        changed[msg["id"]] = LabelChange(labels, history, msg.get("threadId"))
             token = body.get("nextPageToken")
             if not token:
                 return HistoryChanges(
-                    list(added.values()), deleted, list(changed), str(body["historyId"])
+                    list(added.values()),
+                    deleted,
+                    list(changed),
+                    str(body["historyId"]),
+                    changed,
                 )
 
     async def fetch_messages(

@@ -34,6 +34,7 @@ class MessageRef:
 
     id: str
     thread_id: str | None = None
+    label_ids: tuple[str, ...] = ()  # known from history.list; messages.list gives none
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,15 @@ from db import accounts
 from db.accounts import AccountState, SyncOutcome
 from db.agent_state import AgentState
 from devstack.gmail_emulator import GmailEmulator
-from schemas.models import SyncRequested
-from schemas.serde import encode, serde_for
+from devstack.gmail_emulator.mailbox import ListQuery
+from schemas.models import (
+    DeletionReason,
+    MessageDeleted,
+    MessageDiscovered,
+    MessageLabelsChanged,
+    SyncRequested,
+)
+from schemas.serde import decode, encode, serde_for
 from streams.runtime.stage import Record
 from streams.stages.gmail.client import GmailClient, GmailClientConfig
 from streams.stages.sync import SyncStage
@@ -37,6 +44,8 @@ async def stage(database_url: str, gmail: GmailClient) -> Any:
         gmail=gmail,
         state=state,
         discovered_topic="discovered",
+        deleted_topic="deleted",
+        labels_topic="labels",
         deadline_for=lambda _messages: 60.0,
     )
     await state.close()
@@ -93,3 +102,102 @@ async def test_an_active_account_is_listed_and_its_outcome_noted_once_published(
     noted = await account(database_url)
     assert noted.last_sync_outcome is SyncOutcome.OK
     assert noted.history_id is not None
+
+
+# --- what a sync reports besides new mail ---------------------------------------------------
+
+
+def mail(subject: str) -> bytes:
+    return f"From: a@example.com\r\nTo: {USER}\r\nSubject: {subject}\r\n\r\nhi\r\n".encode()
+
+
+async def sync_once(stage: SyncStage, offset: int, *, full: bool = False) -> list[Any]:
+    """Run one sync through the stage and checkpoint it as the runner would; return events."""
+    event = SyncRequested(
+        user_id=USER, sync_id=f"s-{offset}", full=full, requested_at=datetime.now(UTC)
+    )
+    record = Record("requests", 0, offset, 0, USER.encode(), encode(event))
+    [outcome] = await stage.process([record])
+    assert outcome.error is None, outcome.error
+    if outcome.after_publish is not None:
+        await outcome.after_publish()
+    models = {
+        "discovered": MessageDiscovered,
+        "deleted": MessageDeleted,
+        "labels": MessageLabelsChanged,
+    }
+    return [decode(out.value, models[out.topic]) for out in outcome.outputs]
+
+
+def of(events: list[Any], model: type[Any]) -> list[Any]:
+    return [e for e in events if isinstance(e, model)]
+
+
+async def test_incremental_sync_reports_deletions_and_label_changes_and_skips_spam(
+    stage: SyncStage, gmail_emulator: GmailEmulator, database_url: str
+) -> None:
+    gmail_emulator.add_user(USER, messages=4, seed=3)
+    await set_up(database_url, AccountState.ACTIVE)
+    first = await sync_once(stage, 0)
+    known = [e.message_id for e in of(first, MessageDiscovered)]
+    assert len(known) == len(gmail_emulator.mailbox(USER).list(ListQuery()))
+
+    gmail_emulator.delete_message(USER, known[0])
+    gmail_emulator.modify_labels(USER, known[1], add=["STARRED"], remove=["UNREAD"])
+    spam = gmail_emulator.add_message(USER, mail("win"), label_ids=["SPAM"])
+    new = gmail_emulator.add_message(USER, mail("hello"))
+    events = await sync_once(stage, 1)
+
+    assert [e.message_id for e in of(events, MessageDiscovered)] == [new]  # not the spam
+    [deleted] = of(events, MessageDeleted)
+    assert (deleted.message_id, deleted.reason) == (known[0], DeletionReason.DELETED)
+    [relabelled] = of(events, MessageLabelsChanged)
+    assert relabelled.message_id == known[1]
+    expected = set(gmail_emulator.mailbox(USER).messages[known[1]].label_ids)
+    assert set(relabelled.label_ids) == expected
+    assert "STARRED" in expected
+
+    # The spam is moved to the inbox: now it passes the filter and is discovered.
+    gmail_emulator.modify_labels(USER, spam, add=["INBOX"], remove=["SPAM"])
+    later = await sync_once(stage, 2)
+    assert [e.message_id for e in of(later, MessageDiscovered)] == [spam]
+
+
+async def test_a_full_sync_leaves_out_the_accounts_skipped_labels(
+    stage: SyncStage, gmail_emulator: GmailEmulator, database_url: str
+) -> None:
+    gmail_emulator.add_user(USER, messages=0, seed=4)
+    promo = gmail_emulator.add_message(
+        USER, mail("sale"), label_ids=["INBOX", "CATEGORY_PROMOTIONS"]
+    )
+    kept = gmail_emulator.add_message(USER, mail("note"))
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await accounts.add_account(
+            conn, USER, label_filter=["SPAM", "TRASH", "CATEGORY_PROMOTIONS"]
+        )
+    events = await sync_once(stage, 0, full=True)
+    assert [e.message_id for e in of(events, MessageDiscovered)] == [kept]
+    assert promo not in {e.message_id for e in events}
+
+
+async def test_a_stale_history_reconciles_deletions_once(
+    stage: SyncStage, gmail_emulator: GmailEmulator, database_url: str
+) -> None:
+    gmail_emulator.add_user(USER, messages=6, seed=5)
+    await set_up(database_url, AccountState.ACTIVE)
+    known = [e.message_id for e in of(await sync_once(stage, 0), MessageDiscovered)]
+    trashed, gone = known[0], known[1:3]
+    gmail_emulator.modify_labels(USER, trashed, add=["TRASH"], remove=["INBOX"])
+    for message_id in gone:
+        gmail_emulator.delete_message(USER, message_id)
+    gmail_emulator.expire_history(USER)  # the next incremental sync gets 404
+
+    events = await sync_once(stage, 1)
+
+    deleted = of(events, MessageDeleted)
+    assert sorted(e.message_id for e in deleted) == sorted(gone)  # trashed is not deleted
+    assert {e.reason for e in deleted} == {DeletionReason.RECONCILED}
+    assert of(events, MessageDiscovered) == []
+    gmail_emulator.expire_history(USER)
+    again = await sync_once(stage, 2)
+    assert of(again, MessageDeleted) == []  # reported once, then forgotten
