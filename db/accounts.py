@@ -27,6 +27,8 @@ USER_TABLES = (
     "emails",
     "discovered_messages",
     "sync_state",
+    "sync_listings",
+    "sync_listed_ids",
     "insight_state",
     "accounts",
 )

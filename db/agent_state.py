@@ -43,11 +43,36 @@ INSERT INTO discovered_messages (user_id, message_id, sync_id)
 SELECT %(user_id)s, id, %(sync_id)s FROM unnest(%(ids)s::text[]) AS id
 ON CONFLICT DO NOTHING
 """
-SELECT_ALL_KNOWN_IDS = """
-SELECT message_id FROM discovered_messages WHERE user_id = %(user_id)s
-"""
 FORGET_DISCOVERED = """
 DELETE FROM discovered_messages WHERE user_id = %(user_id)s AND message_id = ANY(%(ids)s)
+"""
+UPSERT_LISTING = """
+INSERT INTO sync_listings (user_id, sync_id, listing_phase, updated_at)
+VALUES (%(user_id)s, %(sync_id)s, %(listing_phase)s, now())
+ON CONFLICT (user_id) DO UPDATE
+SET sync_id = EXCLUDED.sync_id, listing_phase = EXCLUDED.listing_phase, updated_at = now()
+"""
+SELECT_LISTING = """
+SELECT sync_id FROM sync_listings
+WHERE user_id = %(user_id)s AND updated_at > now() - %(idle)s * interval '1 second'
+"""
+END_LISTING = """
+DELETE FROM sync_listings WHERE user_id = %(user_id)s AND sync_id = %(sync_id)s
+"""
+INSERT_LISTED = """
+INSERT INTO sync_listed_ids (user_id, sync_id, message_id)
+SELECT %(user_id)s, %(sync_id)s, id FROM unnest(%(ids)s::text[]) AS id
+ON CONFLICT DO NOTHING
+"""
+SELECT_UNLISTED = """
+SELECT d.message_id FROM discovered_messages d
+WHERE d.user_id = %(user_id)s AND NOT EXISTS (
+    SELECT 1 FROM sync_listed_ids l
+    WHERE l.user_id = d.user_id AND l.sync_id = %(sync_id)s AND l.message_id = d.message_id)
+ORDER BY d.message_id
+"""
+FORGET_LISTED = """
+DELETE FROM sync_listed_ids WHERE user_id = %(user_id)s AND sync_id = %(sync_id)s
 """
 ENSURE_INSIGHTS_ROW = """
 INSERT INTO insight_state (user_id, state) VALUES (%(user_id)s, 'null'::jsonb)
@@ -165,11 +190,38 @@ class AgentState:
         async with self._connection() as conn:
             await conn.execute(INSERT_DISCOVERED, params)
 
-    async def all_known_message_ids(self, user_id: str) -> set[str]:
-        """Every id a sync emitted for the user (what a reconciliation compares Gmail with)."""
+    async def note_listing(self, user_id: str, sync_id: str, listing_phase: str) -> None:
+        """Mark a full listing of the user as in progress (refreshed at every page)."""
+        params = {"user_id": user_id, "sync_id": sync_id, "listing_phase": listing_phase}
         async with self._connection() as conn:
-            cursor = await conn.execute(SELECT_ALL_KNOWN_IDS, {"user_id": user_id})
-            return {row[0] for row in await cursor.fetchall()}
+            await conn.execute(UPSERT_LISTING, params)
+
+    async def listing_in_progress(self, user_id: str, idle_seconds: float) -> str | None:
+        """Return the sync id of a listing that moved within ``idle_seconds``, if any."""
+        async with self._connection() as conn:
+            cursor = await conn.execute(SELECT_LISTING, {"user_id": user_id, "idle": idle_seconds})
+            row = await cursor.fetchone()
+        return str(row[0]) if row else None
+
+    async def end_listing(self, user_id: str, sync_id: str) -> None:
+        """Forget a finished listing and the ids its reconcile pass collected."""
+        params = {"user_id": user_id, "sync_id": sync_id}
+        async with self._connection() as conn:
+            await conn.execute(END_LISTING, params)
+            await conn.execute(FORGET_LISTED, params)
+
+    async def note_listed_ids(self, user_id: str, sync_id: str, ids: Iterable[str]) -> None:
+        """Record ids a reconcile pass found in Gmail (idempotent)."""
+        params = {"user_id": user_id, "sync_id": sync_id, "ids": list(ids)}
+        async with self._connection() as conn:
+            await conn.execute(INSERT_LISTED, params)
+
+    async def unlisted_known_ids(self, user_id: str, sync_id: str) -> list[str]:
+        """Ids emitted before that the reconcile pass ``sync_id`` did not find in Gmail."""
+        params = {"user_id": user_id, "sync_id": sync_id}
+        async with self._connection() as conn:
+            cursor = await conn.execute(SELECT_UNLISTED, params)
+            return [row[0] for row in await cursor.fetchall()]
 
     async def forget_message_ids(self, user_id: str, ids: Iterable[str]) -> None:
         """Drop ids of messages gone from Gmail, so no later reconciliation reports them again."""

@@ -10,7 +10,7 @@ and fetching, so one process owns a user's Gmail quota); every other group runs 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -179,6 +179,7 @@ def build_stages(agent: str, catalogue: Catalogue, resources: Resources) -> Mapp
                 serde=serde,
                 gmail=resources.gmail,
                 state=resources.state,
+                requests_topic=catalogue.sync_requested.name,
                 discovered_topic=catalogue.message_discovered.name,
                 deleted_topic=catalogue.message_deleted.name,
                 labels_topic=catalogue.message_labels_changed.name,
@@ -248,8 +249,20 @@ def build_worker(agent: str, settings: Settings) -> faust.App:
     )
 
 
-async def request_syncs(settings: Settings, users: list[str], *, full: bool) -> list[str]:
-    """Produce one SyncRequested per user and wait until Kafka has them; return the sync ids."""
+async def request_syncs(
+    settings: Settings,
+    users: list[str],
+    *,
+    full: bool,
+    label_ids: Sequence[str] = (),
+    reemit: bool = False,
+) -> list[str]:
+    """Produce one SyncRequested per user and wait until Kafka has them; return the sync ids.
+
+    ``label_ids`` (a full sync of just those labels) and ``reemit`` (emit known ids again)
+    imply a full sync.
+    """
+    full = full or bool(label_ids) or reemit
     catalogue = catalogue_from(settings)
     serde = serde_from(settings)
     publisher = KafkaPublisher(kafka_from(settings, client_id="inboxflow-cli"))
@@ -259,7 +272,14 @@ async def request_syncs(settings: Settings, users: list[str], *, full: bool) -> 
         event_record(
             serde,
             catalogue.sync_requested.name,
-            SyncRequested(user_id=user, sync_id=sync_id, full=full, requested_at=now),
+            SyncRequested(
+                user_id=user,
+                sync_id=sync_id,
+                full=full,
+                label_ids=list(label_ids),
+                reemit=reemit,
+                requested_at=now,
+            ),
         )
         for user, sync_id in zip(users, sync_ids, strict=True)
     ]

@@ -154,7 +154,18 @@ class SyncRequested(Event):
     sync_id: str
     full: bool
     reason: str = "requested"
+    label_ids: list[str] = Field(default_factory=list)
+    reemit: bool = False
+    page_token: str | None = None
+    listing_history_id: Int64 | None = None
+    listing_phase: str = "discover"
+    reconcile_after: bool = False
     requested_at: Timestamp
+
+    @property
+    def continues_listing(self) -> bool:
+        """True for a record the sync agent wrote to itself to go on with a listing."""
+        return self.page_token is not None or self.listing_phase != "discover"
 
 
 class MessageDiscovered(Event):

@@ -63,9 +63,24 @@ def scheduler(settings: Settings) -> None:
 @click.command()
 @click.argument("users", nargs=-1, required=True)
 @click.option("--full", is_flag=True, help="List the whole mailbox instead of the history.")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    help="List only messages with this label (repeatable): backfill a label enabled later.",
+)
+@click.option(
+    "--reemit",
+    is_flag=True,
+    help="With --full: emit ids emitted before too, for a downstream that lost data.",
+)
 @click.pass_obj
-def sync(settings: Settings, users: tuple[str, ...], full: bool) -> None:
+def sync(
+    settings: Settings, users: tuple[str, ...], full: bool, labels: tuple[str, ...], reemit: bool
+) -> None:
     """Request a sync of each USER's mailbox now (a registered, active account)."""
+    if reemit and not full:
+        raise click.UsageError("--reemit needs --full: it re-emits what a full listing finds")
     found = {a.user_id: a for a in asyncio.run(_accounts(settings, users))}
     for user in users:
         account = found.get(user.lower())
@@ -78,9 +93,11 @@ def sync(settings: Settings, users: tuple[str, ...], full: bool) -> None:
                 f"{user} is {account.state.value}; `inboxflow accounts resume {user}` first"
             )
     addresses = [found[user.lower()].user_id for user in users]
-    sync_ids = asyncio.run(request_syncs(settings, addresses, full=full))
+    sync_ids = asyncio.run(
+        request_syncs(settings, addresses, full=full, label_ids=labels, reemit=reemit)
+    )
     for user, sync_id in zip(addresses, sync_ids, strict=True):
-        click.echo(f"sync requested user={user} sync_id={sync_id} full={full}")
+        click.echo(f"sync requested user={user} sync_id={sync_id} full={full or bool(labels)}")
 
 
 async def _accounts(settings: Settings, users: tuple[str, ...]) -> list[Account]:

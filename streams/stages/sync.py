@@ -21,9 +21,10 @@ history, so a second 404 cannot restart it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -44,6 +45,11 @@ from streams.stages.base import Decoder, event_record, gmail_breakers, utc_now
 from streams.stages.gmail.client import GmailClient, LabelChange, MessageRef
 
 log = logging.getLogger(__name__)
+
+PAGE_SIZE = 500  # messages.list's maximum
+RECONCILE = "reconcile"
+# A listing whose last page moved longer ago than this no longer holds off a new one.
+LISTING_IDLE_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ class SyncStage:
         serde: Serde,
         gmail: GmailClient,
         state: AgentState,
+        requests_topic: str,
         discovered_topic: str,
         deleted_topic: str,
         labels_topic: str,
@@ -103,6 +110,7 @@ class SyncStage:
         self.serde = serde
         self.gmail = gmail
         self.state = state
+        self.requests_topic = requests_topic  # where a listing's continuations go
         self.discovered_topic = discovered_topic
         self.deleted_topic = deleted_topic
         self.labels_topic = labels_topic
@@ -132,10 +140,13 @@ class SyncStage:
         """
         decoded = self.requests.decode_each(records)
         outcomes: list[Outcome] = [Outcome() for _ in records]
-        leads: dict[str, tuple[int, SyncRequested]] = {}
+        # Keyed by user, except continuations of a listing: each is its own page, in order.
+        leads: dict[str | int, tuple[int, SyncRequested]] = {}
         for index, request in enumerate(decoded):
             if isinstance(request, Exception):
                 outcomes[index] = Outcome(error=request)
+            elif request.continues_listing:
+                leads[index] = (index, request)
             elif request.user_id in leads:
                 at, lead = leads[request.user_id]
                 outcomes[index] = Outcome(note=f"coalesced into sync {lead.sync_id}")
@@ -143,12 +154,12 @@ class SyncStage:
                 leads[request.user_id] = (at, lead.model_copy(update={"full": full}))
             else:
                 leads[request.user_id] = (index, request)
-        for user, (index, lead) in leads.items():
+        for index, lead in sorted(leads.values(), key=lambda item: item[0]):
             try:
                 outcomes[index] = await self._sync_account(lead)
             except Exception as exc:  # noqa: BLE001 - routed by the runner
                 outcomes[index] = Outcome(error=exc)
-                await self._note_failure(user, exc)
+                await self._note_failure(lead.user_id, exc)
         return outcomes
 
     async def _sync_account(self, request: SyncRequested) -> Outcome:
@@ -173,8 +184,48 @@ class SyncStage:
             log.warning("could not record the failed sync of %s", user, exc_info=True)
 
     async def _sync(self, request: SyncRequested, account: Account) -> Outcome:
+        if request.continues_listing:
+            return await self._listing_step(request, account)
         user = request.user_id
-        listing = await self._list(request, account)
+        checkpoint = await self.state.sync_checkpoint(user)
+        stale = False
+        if not request.full and not request.label_ids and checkpoint is not None:
+            try:
+                async with self._deadline(user):
+                    changes = await self.gmail.list_changes(user, checkpoint.history_id)
+            except StaleHistoryError:
+                log.warning(
+                    "stale historyId, full resync user=%s from=%s", user, checkpoint.history_id
+                )
+                stale = True
+            else:
+                listing = Listing(
+                    changes.added,
+                    changes.history_id,
+                    full=False,
+                    deleted=changes.deleted,
+                    labels=changes.labels,
+                )
+                return await self._incremental(request, account, listing)
+        running = await self.state.listing_in_progress(user, LISTING_IDLE_SECONDS)
+        if running is not None and running != request.sync_id:
+            return Outcome(note=f"joined the listing of sync {running}")
+        # The historyId is read before listing: mail that lands during the listing is picked
+        # up by the next incremental sync (and skipped there if the listing already had it).
+        profile = await self.gmail.get_profile(user)
+        first = request.model_copy(
+            update={
+                "full": True,
+                "listing_history_id": int(profile.history_id),
+                "reconcile_after": stale,
+            }
+        )
+        return await self._listing_step(first, account)
+
+    async def _incremental(
+        self, request: SyncRequested, account: Account, listing: Listing
+    ) -> Outcome:
+        user = request.user_id
         skip = account.label_filter
         candidates = [ref for ref in listing.refs if passes(ref.label_ids, skip)]
         # A known message relabelled out of the filter needs no discovery; an unknown one does.
@@ -183,35 +234,15 @@ class SyncStage:
             for mid, change in listing.labels.items()
             if passes(change.label_ids, skip)
         ]
-        ids = [ref.id for ref in candidates]
-        known = await self.state.known_message_ids(user, ids)
+        known = await self.state.known_message_ids(user, [ref.id for ref in candidates])
         fresh = list({ref.id: ref for ref in candidates if ref.id not in known}.values())
         now = utc_now(self.clock)
-        outputs = [
-            event_record(
-                self.serde,
-                self.discovered_topic,
-                MessageDiscovered(
-                    user_id=user,
-                    message_id=ref.id,
-                    thread_id=ref.thread_id or "",
-                    sync_id=request.sync_id,
-                    history_id=int(listing.history_id) if listing.history_id else None,
-                    discovered_at=now,
-                ),
-            )
-            for ref in fresh
-        ]
+        outputs = self._discovered(request, fresh, int(listing.history_id), now)
         outputs += self._changes(request, listing, now)
-        queued = [
-            (JobKind.NORMALIZE_GOOGLE_EMAIL, JobRef(user, ref.id, batch_id=request.sync_id))
-            for ref in fresh
-        ]
         log.info(
-            "sync listed user=%s sync=%s full=%s listed=%s new=%s relabelled=%s deleted=%s "
-            "history=%s",
-            user, request.sync_id, listing.full, len(listing.refs), len(fresh),
-            len(listing.labels), len(listing.deleted), listing.history_id,
+            "sync listed user=%s sync=%s listed=%s new=%s relabelled=%s deleted=%s history=%s",
+            user, request.sync_id, len(listing.refs), len(fresh), len(listing.labels),
+            len(listing.deleted), listing.history_id,
         )  # fmt: skip
 
         async def checkpoint() -> None:
@@ -219,11 +250,134 @@ class SyncStage:
             if listing.deleted:
                 await self.state.forget_message_ids(user, listing.deleted)
             await self.state.save_sync_checkpoint(
-                user, listing.history_id, request.sync_id, full=listing.full
+                user, listing.history_id, request.sync_id, full=False
             )
             await self.state.record_sync_outcome(user, SyncOutcome.OK, utc_now(self.clock))
 
-        return Outcome(outputs=outputs, queued=queued, after_publish=checkpoint)
+        return Outcome(
+            outputs=outputs, queued=self._queued(request, fresh), after_publish=checkpoint
+        )
+
+    async def _listing_step(self, request: SyncRequested, account: Account) -> Outcome:
+        """One page of a full listing; the next page is a continuation record to ourselves.
+
+        Memory holds one page. A crash redelivers the page's record (or its continuation, once
+        Kafka acknowledged the page): the listing resumes there, and known ids are not emitted
+        again.
+        """
+        user = request.user_id
+        await self.state.note_listing(user, request.sync_id, request.listing_phase)
+        if request.listing_phase == RECONCILE:
+            return await self._reconcile_step(request)
+        query = None if request.label_ids else exclusion_query(account.label_filter)
+        async with self._deadline(user):
+            refs, token = await self.gmail.list_page(
+                user, page_token=request.page_token, label_ids=request.label_ids, query=query
+            )
+        known = (
+            set()
+            if request.reemit
+            else await self.state.known_message_ids(user, [ref.id for ref in refs])
+        )
+        fresh = [ref for ref in refs if ref.id not in known]
+        now = utc_now(self.clock)
+        history = request.listing_history_id
+        outputs = self._discovered(request, fresh, history, now)
+        follow: SyncRequested | None = None
+        if token is not None:
+            follow = request.model_copy(update={"page_token": token, "reason": "continuation"})
+        elif request.reconcile_after:
+            update = {"page_token": None, "listing_phase": RECONCILE, "reason": "continuation"}
+            follow = request.model_copy(update=update)
+        if follow is not None:
+            outputs.append(event_record(self.serde, self.requests_topic, follow))
+        log.info(
+            "sync page user=%s sync=%s listed=%s new=%s more=%s",
+            user, request.sync_id, len(refs), len(fresh), token is not None,
+        )  # fmt: skip
+
+        async def checkpoint() -> None:
+            await self.state.remember_message_ids(user, request.sync_id, [r.id for r in fresh])
+            if token is not None:
+                return
+            # The discover pass is over: a label backfill leaves the cursor where it was.
+            if history is not None and not request.label_ids:
+                await self.state.save_sync_checkpoint(
+                    user, str(history), request.sync_id, full=True
+                )
+            if follow is None:
+                await self.state.end_listing(user, request.sync_id)
+                await self.state.record_sync_outcome(user, SyncOutcome.OK, utc_now(self.clock))
+
+        return Outcome(
+            outputs=outputs,
+            queued=self._queued(request, fresh),
+            after_publish=checkpoint,
+            finishes_job=follow is None,
+        )
+
+    async def _reconcile_step(self, request: SyncRequested) -> Outcome:
+        """One page of the reconcile pass: ids Gmail has; at the end, those it no longer has."""
+        user = request.user_id
+        async with self._deadline(user):
+            refs, token = await self.gmail.list_page(
+                user, page_token=request.page_token, include_spam_trash=True
+            )
+        await self.state.note_listed_ids(user, request.sync_id, [ref.id for ref in refs])
+        if token is not None:
+            follow = request.model_copy(update={"page_token": token})
+            return Outcome(
+                outputs=[event_record(self.serde, self.requests_topic, follow)],
+                finishes_job=False,
+            )
+        gone = await self.state.unlisted_known_ids(user, request.sync_id)
+        listing = Listing([], "", full=True, deleted=gone, reconciled=True)
+        outputs = self._changes(request, listing, utc_now(self.clock))
+        log.info("sync reconciled user=%s sync=%s gone=%s", user, request.sync_id, len(gone))
+
+        async def finish() -> None:
+            await self.state.forget_message_ids(user, gone)
+            await self.state.end_listing(user, request.sync_id)
+            await self.state.record_sync_outcome(user, SyncOutcome.OK, utc_now(self.clock))
+
+        return Outcome(outputs=outputs, after_publish=finish)
+
+    def _discovered(
+        self, request: SyncRequested, fresh: list[MessageRef], history: int | None, now: datetime
+    ) -> list[Outgoing]:
+        return [
+            event_record(
+                self.serde,
+                self.discovered_topic,
+                MessageDiscovered(
+                    user_id=request.user_id,
+                    message_id=ref.id,
+                    thread_id=ref.thread_id or "",
+                    sync_id=request.sync_id,
+                    history_id=history,
+                    discovered_at=now,
+                ),
+            )
+            for ref in fresh
+        ]
+
+    def _queued(
+        self, request: SyncRequested, fresh: list[MessageRef]
+    ) -> list[tuple[JobKind, JobRef]]:
+        return [
+            (JobKind.NORMALIZE_GOOGLE_EMAIL, JobRef(request.user_id, ref.id, request.sync_id))
+            for ref in fresh
+        ]
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self, user: str) -> AsyncIterator[None]:
+        # One page or one history read: a bounded call, whatever the mailbox's size.
+        seconds = self.deadline_for(PAGE_SIZE)
+        try:
+            async with asyncio.timeout(seconds):
+                yield
+        except TimeoutError as exc:
+            raise StageTimeoutError(f"listing {user} ran past {seconds:.0f}s") from exc
 
     def _changes(self, request: SyncRequested, listing: Listing, now: datetime) -> list[Outgoing]:
         """The label changes and deletions a listing found, as events."""
@@ -261,55 +415,3 @@ class SyncStage:
             for mid in listing.deleted
         ]
         return outputs
-
-    async def _list(self, request: SyncRequested, account: Account) -> Listing:
-        user = request.user_id
-        profile = await self.gmail.get_profile(user)
-        deadline = self.deadline_for(profile.messages_total)
-        try:
-            async with asyncio.timeout(deadline):
-                return await self._list_within(request, account, profile.history_id)
-        except TimeoutError as exc:
-            raise StageTimeoutError(
-                f"sync of {user} ({profile.messages_total} messages) ran past {deadline:.0f}s"
-            ) from exc
-
-    async def _list_within(
-        self, request: SyncRequested, account: Account, current_history: str
-    ) -> Listing:
-        user = request.user_id
-        checkpoint = await self.state.sync_checkpoint(user)
-        stale = False
-        if not request.full and checkpoint is not None:
-            try:
-                changes = await self.gmail.list_changes(user, checkpoint.history_id)
-            except StaleHistoryError:
-                log.warning(
-                    "stale historyId, full resync user=%s from=%s", user, checkpoint.history_id
-                )
-                stale = True
-            else:
-                return Listing(
-                    changes.added,
-                    changes.history_id,
-                    full=False,
-                    deleted=changes.deleted,
-                    labels=changes.labels,
-                )
-        # The historyId is read before listing: mail that lands during the listing is picked up
-        # by the next incremental sync (and skipped there if the listing already had it).
-        query = exclusion_query(account.label_filter)
-        refs = await self.gmail.list_all_message_ids(user, query=query)
-        if not stale:
-            return Listing(refs, current_history, full=True)
-        return Listing(
-            refs, current_history, full=True, deleted=await self._gone(user), reconciled=True
-        )
-
-    async def _gone(self, user: str) -> list[str]:
-        """Ids emitted before that Gmail no longer has at all (spam and trash included)."""
-        known = await self.state.all_known_message_ids(user)
-        if not known:
-            return []
-        everything = await self.gmail.list_all_message_ids(user, include_spam_trash=True)
-        return sorted(known - {ref.id for ref in everything})

@@ -378,22 +378,43 @@ class GmailClient:
         """Yield pages of (id, threadId), newest first: a full sync's listing (5 units a page)."""
         token: str | None = None
         while True:
-
-            def build(u: Any, token: str | None = token) -> Any:
-                return u.messages().list(
-                    userId=user,
-                    maxResults=page_size,
-                    pageToken=token,
-                    labelIds=list(label_ids) or None,
-                    q=query,
-                    includeSpamTrash=include_spam_trash,
-                )
-
-            body = await self._call(user, "users.messages.list", build)
-            yield [MessageRef(m["id"], m.get("threadId")) for m in body.get("messages", [])]
-            token = body.get("nextPageToken")
+            page, token = await self.list_page(
+                user,
+                page_token=token,
+                label_ids=label_ids,
+                query=query,
+                include_spam_trash=include_spam_trash,
+                page_size=page_size,
+            )
+            yield page
             if not token:
                 return
+
+    async def list_page(
+        self,
+        user: str,
+        *,
+        page_token: str | None = None,
+        label_ids: Sequence[str] = (),
+        query: str | None = None,
+        include_spam_trash: bool = False,
+        page_size: int = 500,
+    ) -> tuple[list[MessageRef], str | None]:
+        """Return one ``messages.list`` page and the token of the next (None after the last)."""
+
+        def build(u: Any) -> Any:
+            return u.messages().list(
+                userId=user,
+                maxResults=page_size,
+                pageToken=page_token,
+                labelIds=list(label_ids) or None,
+                q=query,
+                includeSpamTrash=include_spam_trash,
+            )
+
+        body = await self._call(user, "users.messages.list", build)
+        page = [MessageRef(m["id"], m.get("threadId")) for m in body.get("messages", [])]
+        return page, body.get("nextPageToken") or None
 
     async def list_all_message_ids(self, user: str, **kwargs: Any) -> list[MessageRef]:
         """Every page of ``list_message_ids`` in one list."""

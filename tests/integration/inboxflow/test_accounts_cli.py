@@ -64,3 +64,10 @@ def test_sync_refuses_an_account_that_is_not_registered_or_not_active(database_u
     paused = run(database_url, "sync", "p@x.test")
     assert paused.exit_code == 1
     assert "p@x.test is paused" in paused.output
+
+
+def test_reemit_needs_a_full_sync(database_url: str) -> None:
+    run(database_url, "accounts", "add", "r@x.test")
+    refused = run(database_url, "sync", "r@x.test", "--reemit")
+    assert refused.exit_code == 2
+    assert "--reemit needs --full" in refused.output

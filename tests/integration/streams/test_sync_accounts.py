@@ -43,6 +43,7 @@ async def stage(database_url: str, gmail: GmailClient) -> Any:
         serde=serde_for(None),
         gmail=gmail,
         state=state,
+        requests_topic="requests",
         discovered_topic="discovered",
         deleted_topic="deleted",
         labels_topic="labels",
@@ -112,21 +113,29 @@ def mail(subject: str) -> bytes:
 
 
 async def sync_once(stage: SyncStage, offset: int, *, full: bool = False) -> list[Any]:
-    """Run one sync through the stage and checkpoint it as the runner would; return events."""
+    """Run one sync through the stage as the agent would: publish, checkpoint, and consume the
+    continuation records it writes to its own topic until the listing ends; return the events."""
     event = SyncRequested(
         user_id=USER, sync_id=f"s-{offset}", full=full, requested_at=datetime.now(UTC)
     )
-    record = Record("requests", 0, offset, 0, USER.encode(), encode(event))
-    [outcome] = await stage.process([record])
-    assert outcome.error is None, outcome.error
-    if outcome.after_publish is not None:
-        await outcome.after_publish()
+    pending = [Record("requests", 0, offset, 0, USER.encode(), encode(event))]
     models = {
         "discovered": MessageDiscovered,
         "deleted": MessageDeleted,
         "labels": MessageLabelsChanged,
     }
-    return [decode(out.value, models[out.topic]) for out in outcome.outputs]
+    events: list[Any] = []
+    while pending:
+        [outcome] = await stage.process([pending.pop(0)])
+        assert outcome.error is None, outcome.error
+        if outcome.after_publish is not None:
+            await outcome.after_publish()
+        for out in outcome.outputs:
+            if out.topic == "requests":
+                pending.append(Record("requests", 0, offset, 0, out.key, out.value))
+            else:
+                events.append(decode(out.value, models[out.topic]))
+    return events
 
 
 def of(events: list[Any], model: type[Any]) -> list[Any]:
@@ -201,3 +210,81 @@ async def test_a_stale_history_reconciles_deletions_once(
     gmail_emulator.expire_history(USER)
     again = await sync_once(stage, 2)
     assert of(again, MessageDeleted) == []  # reported once, then forgotten
+
+
+async def run(stage: SyncStage, request: SyncRequested) -> Any:
+    [outcome] = await stage.process([Record("requests", 0, 0, 0, USER.encode(), encode(request))])
+    assert outcome.error is None, outcome.error
+    return outcome
+
+
+def continuation(outcome: Any) -> SyncRequested | None:
+    found = [decode(o.value, SyncRequested) for o in outcome.outputs if o.topic == "requests"]
+    return found[0] if found else None
+
+
+async def test_a_full_sync_goes_one_page_per_record_and_resumes_without_re_emitting(
+    stage: SyncStage, gmail_emulator: GmailEmulator, database_url: str
+) -> None:
+    gmail_emulator.add_user(USER, messages=1100, seed=6)
+    await set_up(database_url, AccountState.ACTIVE)
+    listed = {m.id for m in gmail_emulator.mailbox(USER).list(ListQuery())}
+    request = SyncRequested(user_id=USER, sync_id="big", full=True, requested_at=datetime.now(UTC))
+
+    first = await run(stage, request)
+    page = [o for o in first.outputs if o.topic == "discovered"]
+    follow = continuation(first)
+    assert len(page) == 500  # one messages.list page, not the mailbox
+    assert follow is not None
+    assert follow.page_token is not None
+    assert not first.finishes_job  # the sync job is done only when the listing is
+    await first.after_publish()
+
+    # The worker dies after the page was acknowledged; the request is delivered again.
+    again = await run(stage, request)
+    assert [o for o in again.outputs if o.topic == "discovered"] == []
+    emitted = {decode(o.value, MessageDiscovered).message_id for o in page}
+    while follow is not None:
+        outcome = await run(stage, follow)
+        emitted |= {
+            decode(o.value, MessageDiscovered).message_id
+            for o in outcome.outputs
+            if o.topic == "discovered"
+        }
+        await outcome.after_publish()
+        follow = continuation(outcome)
+    assert emitted == listed
+    assert outcome.finishes_job
+    checkpoint = await stage.state.sync_checkpoint(USER)
+    assert checkpoint is not None
+
+
+async def test_reemit_sends_known_ids_again_and_a_label_backfill_keeps_the_cursor(
+    stage: SyncStage, gmail_emulator: GmailEmulator, database_url: str
+) -> None:
+    gmail_emulator.add_user(USER, messages=0, seed=7)
+    plain = gmail_emulator.add_message(USER, mail("plain"))
+    starred = gmail_emulator.add_message(USER, mail("starred"), label_ids=["INBOX", "STARRED"])
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await accounts.add_account(conn, USER, label_filter=["SPAM", "TRASH", "STARRED"])
+    first = await sync_once(stage, 0)
+    assert [e.message_id for e in of(first, MessageDiscovered)] == [plain]
+    cursor = (await stage.state.sync_checkpoint(USER)).history_id
+
+    backfill = SyncRequested(
+        user_id=USER,
+        sync_id="label",
+        full=True,
+        label_ids=["STARRED"],
+        requested_at=datetime.now(UTC),
+    )
+    outcome = await run(stage, backfill)
+    await outcome.after_publish()
+    assert [decode(o.value, MessageDiscovered).message_id for o in outcome.outputs] == [starred]
+    assert (await stage.state.sync_checkpoint(USER)).history_id == cursor
+
+    reemit = SyncRequested(
+        user_id=USER, sync_id="again", full=True, reemit=True, requested_at=datetime.now(UTC)
+    )
+    outcome = await run(stage, reemit)
+    assert [decode(o.value, MessageDiscovered).message_id for o in outcome.outputs] == [plain]
