@@ -51,7 +51,12 @@ class KafkaPublisher:
         async with self._lock:
             if self._producer is None:
                 producer = self._kafka.producer(client_id=self._client_id)
-                await producer.start()
+                try:
+                    await producer.start()
+                except BaseException:
+                    # A producer whose start failed still holds its client and sockets.
+                    await producer.stop()
+                    raise
                 self._producer = producer
 
     async def stop(self) -> None:
