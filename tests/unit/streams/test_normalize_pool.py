@@ -11,6 +11,7 @@ import quopri
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import pytest
 
@@ -47,13 +48,16 @@ def pool() -> Iterator[CpuPool]:
         running.shutdown()
 
 
-def stage(pool: CpuPool | None, *, record_timeout: float = 60.0) -> NormalizeStage:
+def stage(
+    pool: CpuPool | None, *, record_timeout: float = 60.0, inline_max_bytes: int = 0
+) -> NormalizeStage:
     return NormalizeStage(
         serde=SERDE,
         normalized_topic=NORMALIZED,
         timeout=120.0,
         record_timeout=record_timeout,
         pool=pool,
+        inline_max_bytes=inline_max_bytes,  # 0: these tests send every message to the pool
         clock=lambda: NOW,
     )
 
@@ -152,3 +156,23 @@ async def test_a_message_that_parses_too_long_fails_alone(pool: CpuPool) -> None
     assert set(finals) == {"slow"}
     assert finals["slow"].last_error_class is ErrorClass.TIMEOUT
     assert await pool.run(abs, -2) == 2  # the pool carries on
+
+
+async def test_small_messages_are_parsed_in_place_and_large_ones_in_the_pool() -> None:
+    class CountingPool:
+        calls = 0
+
+        async def run(self, fn: Any, *args: Any, max_seconds: float | None = None) -> Any:
+            CountingPool.calls += 1
+            return fn(*args)
+
+    small = fetched("01-latin1-quoted-printable.eml", "small")
+    big = large_message("big", 1)
+    sources = [as_record(FETCHED, 0, encode(small)), as_record(FETCHED, 1, encode(big))]
+    chosen = stage(cast(CpuPool, CountingPool()), inline_max_bytes=64 * 1024)
+    publisher = MemoryPublisher()
+    await run_with(chosen, CATALOGUE.normalize, publisher).run(sources)
+
+    assert len(small.raw) < 64 * 1024 < len(big.raw)
+    assert CountingPool.calls == 1  # only the large one crossed to a worker
+    assert len(publisher.on(NORMALIZED)) == 2
