@@ -25,6 +25,8 @@ USER_TABLES = (
     "contact_messages",
     "contacts",
     "emails",
+    "deleted_messages",
+    "message_labels",
     "discovered_messages",
     "sync_state",
     "sync_listings",

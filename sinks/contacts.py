@@ -1,13 +1,18 @@
 """Contacts sink: ``ContactExtracted`` into ``contacts``; optionally ``EmailNormalized`` too.
 
 The ``emails`` table is written only when the sink is given an ``EmailsWriter`` (config switch).
+Deletions and label changes are ``sinks.mailbox_changes``; both writers here drop the events of
+a message that has a tombstone in ``deleted_messages``, whichever arrived first, and take the
+mailbox locks of ``sinks.mailbox_changes.lock_mailboxes`` before touching shared rows.
 
 Counting must survive replays: a (contact, role, message) sighting is first inserted into the
 ``contact_messages`` ledger with ``ON CONFLICT DO NOTHING``, and only the sightings actually
 inserted add to the counts, in the same statement. First and last seen are LEAST/GREATEST; the
 display name is the one of the latest named sighting (ties broken by the name), so the table
 does not depend on arrival order. Emails: one row per message, the latest ``normalized_at``
-wins.
+wins, except for the labels: the row takes the event's labels or the message's newest label
+change in ``message_labels``, whichever has the higher Gmail history id (an event without one
+loses), and records that id in ``labels_history_id``.
 
 This module holds SQL and row shapes only; batching, offsets and dead letters are ``sinks.base``.
 """
@@ -24,6 +29,7 @@ from schemas.errors import UndecodableRecordError
 from schemas.models import Address, ContactExtracted, EmailNormalized
 from schemas.serde import Serde, serde_for
 from sinks.base import Connection, Decoded, Record
+from sinks.mailbox_changes import lock_mailboxes
 
 STAGE_TABLE = "contact_stage"
 STAGE_COLUMNS = (
@@ -46,13 +52,19 @@ COPY_STAGE = sql.SQL("COPY {stage} ({columns}) FROM STDIN").format(
     columns=sql.SQL(", ").join(map(sql.Identifier, STAGE_COLUMNS)),
 )
 
-# One statement: ledger insert (new sightings only), per-contact facts of the batch, upsert.
-# The ledger's DO NOTHING tolerates repeats inside the batch; the contacts insert groups by
-# contact, so ON CONFLICT DO UPDATE never meets one row twice.
+# One statement: sightings of messages without a tombstone, ledger insert (new sightings only),
+# per-contact facts of the batch, upsert. The ledger's DO NOTHING tolerates repeats inside the
+# batch; the contacts insert groups by contact, so ON CONFLICT DO UPDATE never meets one row twice.
 UPSERT_CONTACTS = """
-WITH new_sightings AS (
-    INSERT INTO contact_messages (user_id, address, role, message_id, thread_id, occurred_at)
-    SELECT user_id, address, role, message_id, thread_id, occurred_at FROM contact_stage
+WITH live AS (
+    SELECT * FROM contact_stage AS s
+    WHERE NOT EXISTS (
+        SELECT 1 FROM deleted_messages AS d
+        WHERE d.user_id = s.user_id AND d.message_id = s.message_id)
+), new_sightings AS (
+    INSERT INTO contact_messages (
+        user_id, address, role, message_id, thread_id, occurred_at, display_name)
+    SELECT user_id, address, role, message_id, thread_id, occurred_at, display_name FROM live
     ON CONFLICT DO NOTHING
     RETURNING user_id, address, role
 ), counts AS (
@@ -71,7 +83,7 @@ WITH new_sightings AS (
            (array_agg(display_name ORDER BY occurred_at DESC, display_name DESC)
                 FILTER (WHERE display_name IS NOT NULL))[1] AS display_name,
            max(occurred_at) FILTER (WHERE display_name IS NOT NULL) AS display_name_seen_at
-    FROM contact_stage
+    FROM live
     GROUP BY user_id, address
 )
 INSERT INTO contacts AS c (
@@ -112,6 +124,7 @@ EMAIL_COLUMNS = (
     "recipients",
     "sent_at",
     "labels",
+    "labels_history_id",
     "snippet",
     "body_text",
     "size_bytes",
@@ -121,13 +134,48 @@ EMAIL_COLUMNS = (
     "source_partition",
     "source_offset",
 )
-UPSERT_EMAIL = sql.SQL(
-    "INSERT INTO emails AS e ({columns}) VALUES ({values}) "
+EMAIL_STAGE_TABLE = "email_stage"
+
+CREATE_EMAIL_STAGE = sql.SQL(
+    "CREATE TEMPORARY TABLE IF NOT EXISTS {stage} "
+    "(LIKE emails INCLUDING DEFAULTS EXCLUDING CONSTRAINTS EXCLUDING INDEXES)"
+).format(stage=sql.Identifier(EMAIL_STAGE_TABLE))
+TRUNCATE_EMAIL_STAGE = sql.SQL("TRUNCATE {stage}").format(stage=sql.Identifier(EMAIL_STAGE_TABLE))
+COPY_EMAIL_STAGE = sql.SQL("COPY {stage} ({columns}) FROM STDIN").format(
+    stage=sql.Identifier(EMAIL_STAGE_TABLE),
+    columns=sql.SQL(", ").join(map(sql.Identifier, EMAIL_COLUMNS)),
+)
+
+# The message's newest label change is newer than the event's labels: a higher history id, or
+# the event has none.
+_LABEL_CHANGE_IS_NEWER = sql.SQL(
+    "l.history_id IS NOT NULL "
+    "AND (s.labels_history_id IS NULL OR l.history_id > s.labels_history_id)"
+)
+_EMAIL_VALUES = {
+    "labels": sql.SQL("CASE WHEN {newer} THEN l.label_ids ELSE s.labels END").format(
+        newer=_LABEL_CHANGE_IS_NEWER
+    ),
+    "labels_history_id": sql.SQL(
+        "CASE WHEN {newer} THEN l.history_id ELSE s.labels_history_id END"
+    ).format(newer=_LABEL_CHANGE_IS_NEWER),
+}
+# One row per message (``latest_emails``), none of a message with a tombstone; the latest
+# normalization wins the whole row, its labels merged with message_labels above.
+UPSERT_EMAILS = sql.SQL(
+    "INSERT INTO emails AS e ({columns}) SELECT {values} FROM {stage} AS s "
+    "LEFT JOIN message_labels AS l ON l.user_id = s.user_id AND l.message_id = s.message_id "
+    "WHERE NOT EXISTS (SELECT 1 FROM deleted_messages AS d "
+    "WHERE d.user_id = s.user_id AND d.message_id = s.message_id) "
     "ON CONFLICT (user_id, message_id) DO UPDATE SET {assignments} "
     "WHERE e.normalized_at < EXCLUDED.normalized_at"
 ).format(
     columns=sql.SQL(", ").join(map(sql.Identifier, EMAIL_COLUMNS)),
-    values=sql.SQL(", ").join(map(sql.Placeholder, EMAIL_COLUMNS)),
+    values=sql.SQL(", ").join(
+        _EMAIL_VALUES.get(column, sql.SQL("s.{col}").format(col=sql.Identifier(column)))
+        for column in EMAIL_COLUMNS
+    ),
+    stage=sql.Identifier(EMAIL_STAGE_TABLE),
     assignments=sql.SQL(", ").join(
         sql.SQL("{col} = EXCLUDED.{col}").format(col=sql.Identifier(column))
         for column in EMAIL_COLUMNS[2:]
@@ -189,7 +237,11 @@ class ContactsWriter:
         await conn.execute(CREATE_STAGE)
 
     async def write(self, conn: Connection, rows: Sequence[Decoded[ContactExtracted]]) -> None:
-        """Record the sightings and upsert their contacts; idempotent under replay."""
+        """Record the sightings and upsert their contacts; idempotent under replay.
+
+        Sightings of a message with a tombstone are dropped.
+        """
+        await lock_mailboxes(conn, (item.row.user_id for item in rows))
         async with conn.cursor() as cur:
             await cur.execute(TRUNCATE_STAGE)
             async with cur.copy(COPY_STAGE) as copy:
@@ -219,6 +271,7 @@ def email_row(item: Decoded[EmailNormalized]) -> dict[str, Any]:
         "recipients": Jsonb(recipients),
         "sent_at": event.sent_at,
         "labels": list(event.labels),
+        "labels_history_id": event.history_id,
         "snippet": event.snippet,
         "body_text": event.text,
         "size_bytes": event.size,
@@ -242,7 +295,7 @@ def latest_emails(items: Sequence[Decoded[EmailNormalized]]) -> list[dict[str, A
 
 
 class EmailsWriter:
-    """``RowWriter`` for ``emails``: pipelined upserts (rows are wide and few per batch).
+    """``RowWriter`` for ``emails``: COPY into a temporary table, one upsert.
 
     Arguments:
         serde: as for ``ContactsWriter``.
@@ -256,9 +309,19 @@ class EmailsWriter:
         return decode_email(record, self._serde)
 
     async def prepare(self, conn: Connection) -> None:
-        """Nothing to set up."""
+        """Create the session's staging table (temporary: private to this connection)."""
+        await conn.execute(CREATE_EMAIL_STAGE)
 
     async def write(self, conn: Connection, rows: Sequence[Decoded[EmailNormalized]]) -> None:
-        """Upsert the latest normalization of each message; idempotent under replay."""
+        """Upsert the latest normalization of each message; idempotent under replay.
+
+        Messages with a tombstone are skipped; labels are the newer of the event's and the
+        message's latest label change.
+        """
+        await lock_mailboxes(conn, (item.row.user_id for item in rows))
         async with conn.cursor() as cur:
-            await cur.executemany(UPSERT_EMAIL, latest_emails(rows))
+            await cur.execute(TRUNCATE_EMAIL_STAGE)
+            async with cur.copy(COPY_EMAIL_STAGE) as copy:
+                for row in latest_emails(rows):
+                    await copy.write_row([row[column] for column in EMAIL_COLUMNS])
+            await cur.execute(UPSERT_EMAILS)

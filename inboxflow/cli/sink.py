@@ -16,11 +16,13 @@ from prometheus_client import start_http_server
 
 from inboxflow.settings import Settings
 from inboxflow.wiring import catalogue_from, kafka_from, serde_from
+from schemas.serde import Serde
 from sinks.base import PostgresSink, RowWriter, SinkConfig
 from sinks.contacts import ContactsWriter, EmailsWriter
 from sinks.job_state import JobStateWriter, WriteMethod
+from sinks.mailbox_changes import DeletionsWriter, LabelsWriter
 from sinks.metrics import SinkMetrics
-from topics.catalogue import ConsumerGroup
+from topics.catalogue import Catalogue, ConsumerGroup
 
 
 @click.group("sink")
@@ -85,6 +87,8 @@ def jobs(settings: Settings, /, topic: str | None, method: WriteMethod, **option
 @click.option("--topic", default=None, help="Source topic override (ContactExtracted).")
 @click.option("--emails/--no-emails", default=None, help="Also write EmailNormalized to emails.")
 @click.option("--emails-topic", default=None, help="EmailNormalized topic override.")
+@click.option("--deleted-topic", default=None, help="MessageDeleted topic override.")
+@click.option("--labels-topic", default=None, help="MessageLabelsChanged topic override.")
 @click.pass_obj
 def contacts(
     settings: Settings,
@@ -92,19 +96,67 @@ def contacts(
     topic: str | None,
     emails: bool | None,
     emails_topic: str | None,
+    deleted_topic: str | None,
+    labels_topic: str | None,
     **options: Any,
 ) -> None:
-    """Write ContactExtracted events into contacts (and EmailNormalized into emails)."""
+    """Write ContactExtracted events into contacts (and EmailNormalized into emails).
+
+    Also applies MessageDeleted (tombstones; the message's rows and sightings go) and
+    MessageLabelsChanged (newest labels per message), with or without the emails table.
+    """
     catalogue = catalogue_from(settings, namespace=options.pop("namespace"))
     group = catalogue.sink_contacts
     config = _config(settings, group, options, options.pop("group_id"))
-    serde = serde_from(settings)
-    writers: dict[str, RowWriter[Any]] = {
-        topic or group.sources[0].name: ContactsWriter(serde=serde)
-    }
-    if settings.sink_emails if emails is None else emails:
-        writers[emails_topic or catalogue.email_normalized.name] = EmailsWriter(serde=serde)
+    writers = contacts_writers(
+        catalogue,
+        serde_from(settings),
+        emails=settings.sink_emails if emails is None else emails,
+        contacts_topic=topic,
+        emails_topic=emails_topic,
+        deleted_topic=deleted_topic,
+        labels_topic=labels_topic,
+    )
     _run(config, writers, "contacts", options["metrics_port"], settings)
+
+
+def contacts_writers(
+    catalogue: Catalogue,
+    serde: Serde,
+    *,
+    emails: bool,
+    contacts_topic: str | None = None,
+    emails_topic: str | None = None,
+    deleted_topic: str | None = None,
+    labels_topic: str | None = None,
+) -> dict[str, RowWriter[Any]]:
+    """Return the contacts sink's writer per topic.
+
+    Deletions and label changes are always applied: a deletion must reach the contacts even
+    when the emails table is off.
+
+    Arguments:
+        catalogue: names the source topics.
+        serde: the deployment's wire format.
+        emails: also write EmailNormalized into ``emails``.
+        contacts_topic, emails_topic, deleted_topic, labels_topic: topic overrides (tests);
+            None keeps the catalogue's name.
+
+    Raises:
+        click.UsageError: two roles were given the same topic.
+    """
+    chosen: list[tuple[str, RowWriter[Any]]] = [
+        (contacts_topic or catalogue.contact_extracted.name, ContactsWriter(serde=serde)),
+        (deleted_topic or catalogue.message_deleted.name, DeletionsWriter(serde=serde)),
+        (labels_topic or catalogue.message_labels_changed.name, LabelsWriter(serde=serde)),
+    ]
+    if emails:
+        chosen.append((emails_topic or catalogue.email_normalized.name, EmailsWriter(serde=serde)))
+    writers = dict(chosen)
+    if len(writers) != len(chosen):
+        topics = [topic for topic, _ in chosen]
+        raise click.UsageError(f"the contacts sink needs a different topic per event: {topics}")
+    return writers
 
 
 def _run(

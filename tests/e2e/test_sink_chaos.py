@@ -51,6 +51,8 @@ def sink_process(
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "DATABASE_URL": database_url}
     argv = [INBOXFLOW, "sink", command, "--topic", topic, "--group", group]
     argv += ["--dlq", f"{topic}-dlq"]
+    if command == "contacts":
+        argv += ["--deleted-topic", f"{topic}-deleted", "--labels-topic", f"{topic}-labels"]
     # Static membership: the restarted process takes its partitions back without waiting for
     # the killed member's session to expire.
     argv += ["--batch-records", "700", "--instance-id", f"{group}-0"]
@@ -64,8 +66,8 @@ def sink_process(
             assert process.wait(timeout=30) == 0, log_path.read_text()
 
 
-def _progress(database_url: str, group: str) -> int:
-    return sum(max(offset, 0) for offset in stored_offsets(database_url, group).values())
+def _progress(database_url: str, group: str, topic: str | None = None) -> int:
+    return sum(max(offset, 0) for offset in stored_offsets(database_url, group, topic).values())
 
 
 async def test_kill_9_mid_batch_several_times_loses_and_doubles_nothing(
@@ -134,27 +136,28 @@ async def test_kill_9_of_the_contacts_sink_never_counts_a_sighting_twice(
     kafka_bootstrap: str, database_url: str, unique_name: Callable[..., str], tmp_path: Path
 ) -> None:
     topic, group = unique_name("contacts"), unique_name("g")
-    await create_topic(kafka_bootstrap, topic)
+    for name in (topic, f"{topic}-deleted", f"{topic}-labels"):
+        await create_topic(kafka_bootstrap, name)
     events = sightings(30_000, seed=23)
     ends = await produce_events(kafka_bootstrap, topic, shuffled_with_duplicates(events, 0.25))
     log_path = tmp_path / "sink.log"
 
     for _ in range(3):
-        before = _progress(database_url, group)
+        before = _progress(database_url, group, topic)
         with sink_process(
             kafka_bootstrap, database_url, topic, group, log_path, "contacts"
         ) as process:
             wait_until(
-                lambda before=before: _progress(database_url, group) > before,  # type: ignore[misc]
+                lambda before=before: _progress(database_url, group, topic) > before,  # type: ignore[misc]
                 timeout=60,
                 interval=0.01,
                 message="the sink commits a batch",
             )
             process.kill()
             process.wait(timeout=10)
-        assert not caught_up(database_url, group, ends), "killed too late to test anything"
+        assert not caught_up(database_url, group, ends, topic), "killed too late"
 
     with sink_process(kafka_bootstrap, database_url, topic, group, log_path, "contacts"):
-        wait_until(lambda: caught_up(database_url, group, ends), timeout=90, interval=0.2)
+        wait_until(lambda: caught_up(database_url, group, ends, topic), timeout=90, interval=0.2)
 
     assert read_contacts(database_url) == expected_contacts(events)

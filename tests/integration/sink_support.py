@@ -19,10 +19,23 @@ from fastavro import schemaless_writer
 from prometheus_client import CollectorRegistry
 
 from schemas import serde
-from schemas.models import ContactExtracted, ContactRole, Event, JobKind, JobStateChanged, JobStatus
+from schemas.models import (
+    ContactExtracted,
+    ContactRole,
+    EmailNormalized,
+    Event,
+    JobKind,
+    JobStateChanged,
+    JobStatus,
+    MessageDeleted,
+    MessageLabelsChanged,
+)
 from schemas.store import default_store
 from sinks.base import PostgresSink, RowWriter, SinkConfig
+from sinks.contacts import ContactsWriter, EmailsWriter
+from sinks.mailbox_changes import DeletionsWriter, LabelsWriter
 from sinks.metrics import SinkMetrics
+from tests.helpers import async_wait_until
 from topics.kafka import KafkaClients
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -333,3 +346,123 @@ def sink_config(
         dlq_topic=unique_name("dlq"),
         **overrides,
     )
+
+
+# --- the contacts sink with deletions and label changes ---------------------------------------
+
+MAILBOX_TABLE_QUERIES = {
+    "contacts": (
+        "SELECT user_id, address, display_name, display_name_seen_at, first_seen_at,"
+        " last_seen_at, from_count, to_count, cc_count, bcc_count, reply_to_count FROM contacts"
+    ),
+    "contact_messages": (
+        "SELECT user_id, address, role, message_id, thread_id, occurred_at, display_name"
+        " FROM contact_messages"
+    ),
+    # Not the source_* columns: of two copies of one event, which one wrote the row may vary.
+    "emails": (
+        "SELECT user_id, message_id, thread_id, subject, labels, labels_history_id,"
+        " normalized_at FROM emails"
+    ),
+    "deleted_messages": (
+        "SELECT user_id, message_id, reason, history_id, deleted_at FROM deleted_messages"
+    ),
+    "message_labels": "SELECT user_id, message_id, label_ids, history_id FROM message_labels",
+}
+
+
+@dataclass(frozen=True)
+class ContactsSinkTopics:
+    """One test's source topics of the contacts sink, one per event type."""
+
+    contacts: str
+    emails: str
+    deleted: str
+    labels: str
+
+    def of(self, event: Event) -> str:
+        """Return the topic an event goes to."""
+        by_type: dict[type[Event], str] = {
+            ContactExtracted: self.contacts,
+            EmailNormalized: self.emails,
+            MessageDeleted: self.deleted,
+            MessageLabelsChanged: self.labels,
+        }
+        return by_type[type(event)]
+
+    def writers(self) -> dict[str, RowWriter[Any]]:
+        """Return the contacts sink's writers, emails switched on."""
+        return {
+            self.contacts: ContactsWriter(),
+            self.emails: EmailsWriter(),
+            self.deleted: DeletionsWriter(),
+            self.labels: LabelsWriter(),
+        }
+
+
+async def create_contacts_sink_topics(
+    bootstrap: str, unique_name: Callable[..., str], partitions: int = 3
+) -> ContactsSinkTopics:
+    """Create this test's four topics of the contacts sink."""
+    topics = ContactsSinkTopics(
+        contacts=unique_name("contacts"),
+        emails=unique_name("emails"),
+        deleted=unique_name("deleted"),
+        labels=unique_name("labels"),
+    )
+    for name in (topics.contacts, topics.emails, topics.deleted, topics.labels):
+        await create_topic(bootstrap, name, partitions)
+    return topics
+
+
+async def produce_routed(
+    bootstrap: str, topics: ContactsSinkTopics, events: Sequence[Event]
+) -> dict[str, dict[int, int]]:
+    """Send each event to its type's topic (their order kept per topic); return ends by topic."""
+    by_topic: dict[str, list[Event]] = {}
+    for event in events:
+        by_topic.setdefault(topics.of(event), []).append(event)
+    return {
+        topic: await produce_events(bootstrap, topic, batch) for topic, batch in by_topic.items()
+    }
+
+
+def merge_topic_ends(*ends: dict[str, dict[int, int]]) -> dict[str, dict[int, int]]:
+    """Return the highest end offset per topic and partition over several ``produce_routed``."""
+    merged: dict[str, dict[int, int]] = {}
+    for each in ends:
+        for topic, partitions in each.items():
+            merged[topic] = merge_ends(merged.get(topic, {}), partitions)
+    return merged
+
+
+async def drain(
+    config: SinkConfig,
+    writers: dict[str, RowWriter[Any]],
+    database_url: str,
+    ends: dict[str, dict[int, int]],
+) -> None:
+    """Run a sink until its stored offsets reach ``ends`` (topic -> partition -> end offset)."""
+    async with running_sink(config, writers):
+        await async_wait_until(
+            lambda: all(
+                caught_up(database_url, config.group_id, partitions, topic)
+                for topic, partitions in ends.items()
+            ),
+            timeout=60,
+            message="the sink caught up",
+        )
+
+
+def read_mailbox_tables(database_url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Return the rows the contacts sink writes, table by table, sorted by their keys."""
+    with psycopg.connect(database_url) as conn:
+        return {
+            table: sorted(conn.execute(query).fetchall(), key=mailbox_row_order)
+            for table, query in MAILBOX_TABLE_QUERIES.items()
+        }
+
+
+def mailbox_row_order(row: Sequence[Any]) -> list[str]:
+    """Sort key of the rows of ``read_mailbox_tables``: their leading (text) key columns."""
+    return [str(value) for value in row[:4]]
