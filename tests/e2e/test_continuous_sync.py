@@ -138,3 +138,46 @@ def test_with_push_lost_the_staleness_schedule_brings_new_mail(
     later = [s for s in sync_ids(pipeline, user) if s not in before]
     assert later
     assert all(s.startswith("schedule-") for s in later)
+
+
+def test_deletions_and_label_changes_in_gmail_reach_postgres_by_push(
+    pipeline: Pipeline, emulator: GmailEmulator
+) -> None:
+    user = f"u{uuid.uuid4().hex[:8]}@inboxflow.test"
+    emulator.add_user(user, messages=0, seed=7)
+    kept = new_mail(emulator, user)
+    gone = emulator.add_message(
+        user, b"From: Eve <eve@example.com>\r\nTo: x@y.test\r\nSubject: bye\r\n\r\nhi\r\n"
+    )
+    register(pipeline, user)
+    wait_until(lambda: emails(pipeline, user) == {kept, gone}, timeout=120, message="first sync")
+    wait_until(lambda: contact(pipeline, user, "eve@example.com"), timeout=60, message="eve")
+
+    emulator.delete_message(user, gone)
+    emulator.modify_labels(user, kept, add=["STARRED"], remove=["UNREAD"])
+
+    wait_until(lambda: emails(pipeline, user) == {kept}, timeout=60, message="deletion applied")
+    wait_until(
+        lambda: "STARRED" in labels(pipeline, user, kept), timeout=60, message="labels applied"
+    )
+    assert "UNREAD" not in labels(pipeline, user, kept)
+    # Eve was seen only in the deleted message: her contact row goes with it.
+    wait_until(
+        lambda: not contact(pipeline, user, "eve@example.com"), timeout=60, message="eve gone"
+    )
+
+
+def labels(pipeline: Pipeline, user: str, message_id: str) -> list[str]:
+    rows = pipeline.query(
+        "SELECT labels FROM emails WHERE user_id = %(u)s AND message_id = %(m)s",
+        u=user,
+        m=message_id,
+    )
+    return list(rows[0][0]) if rows else []
+
+
+def contact(pipeline: Pipeline, user: str, address: str) -> bool:
+    rows = pipeline.query(
+        "SELECT 1 FROM contacts WHERE user_id = %(u)s AND address = %(a)s", u=user, a=address
+    )
+    return bool(rows)
