@@ -279,6 +279,19 @@ def list_labels(state: EmulatorState, box: Mailbox, req: ApiRequest, p: dict[str
     return {"labels": labels}
 
 
+def _first_after(newest_first: list[StoredMessage], after: tuple[int, str]) -> int:
+    """Index of the first message older than ``after`` in a newest-first listing (bisect)."""
+    low, high = 0, len(newest_first)
+    while low < high:
+        middle = (low + high) // 2
+        message = newest_first[middle]
+        if (message.internal_date, message.id) < after:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
 @_route("GET", "/messages", "users.messages.list")
 def list_messages(state: EmulatorState, box: Mailbox, req: ApiRequest, p: dict[str, str]) -> Json:
     """users.messages.list: newest first, ``maxResults`` up to 500, opaque ``pageToken``."""
@@ -291,7 +304,7 @@ def list_messages(state: EmulatorState, box: Mailbox, req: ApiRequest, p: dict[s
             after = decode_page_token(token)
         except (ValueError, binascii.Error) as exc:
             raise _ApiError(envelopes.bad_request("Invalid pageToken")) from exc
-        found = [m for m in found if (m.internal_date, m.id) < after]
+        found = found[_first_after(found, after) :]
     page = found[:size]
     body: Json = {"resultSizeEstimate": len(found)}
     if page:

@@ -109,6 +109,10 @@ class Mailbox:
         self.user_labels: dict[str, str] = {}  # label id -> name
         # Told of every recorded change (push notifications); runs under the emulator's lock.
         self.on_change: Callable[[Mailbox, HistoryRecord], None] | None = None
+        # Listings by query, valid while the mailbox is unchanged (the historyId moves with
+        # every change): paging through a large mailbox sorts it once, not once a page.
+        self._listings: dict[tuple[tuple[str, ...], bool, str], tuple[int, list[StoredMessage]]]
+        self._listings = {}
 
     def _new_id(self) -> str:
         self._next_id += self._rng.randrange(1, 4096)
@@ -220,8 +224,7 @@ class Mailbox:
                 return label_id
         return name
 
-    def list(self, query: ListQuery) -> list[StoredMessage]:
-        """Matching messages, newest first (by ``internalDate``, then id)."""
+    def _list(self, query: ListQuery) -> list[StoredMessage]:
         wanted = {self.label_id(x) for x in query.label_ids}
         terms = _parse_q(query.q)
         wanted |= {self.label_id(x) for x in terms.labels}
@@ -242,6 +245,18 @@ class Mailbox:
                 continue
             found.append(msg)
         found.sort(key=lambda m: (m.internal_date, m.id), reverse=True)
+        return found
+
+    def list(self, query: ListQuery) -> list[StoredMessage]:
+        """Matching messages, newest first (by ``internalDate``, then id); do not modify."""
+        key = (tuple(query.label_ids), query.include_spam_trash, query.q)
+        cached = self._listings.get(key)
+        if cached is not None and cached[0] == self.history_id:
+            return cached[1]
+        found = self._list(query)
+        if len(self._listings) > 64:
+            self._listings.clear()
+        self._listings[key] = (self.history_id, found)
         return found
 
 
