@@ -191,6 +191,21 @@ class _Round:
 
 _RETRYABLE = (RetryClass.RATE_LIMIT, RetryClass.TRANSIENT, RetryClass.TIMEOUT)
 _MISSING_PART = GmailFailure(RetryClass.TRANSIENT, None, 0, "missingPart", "no response part")
+# The longest wait the client sits out in-process, as a limiter block or a sleep. A longer stated
+# wait is raised at once as the classified error with its ``retry_after``, and
+# ``schemas.errors.decide`` puts the record on a retry tier at least that long: sleeping it here
+# would hold a worker, its batch and every other call for the user (and outlast the stage's
+# deadline, which would turn it into a TIMEOUT and lose the time Gmail gave). One quota window,
+# the limiter's backoff ceiling.
+MAX_IN_PROCESS_WAIT_SECONDS = 60.0
+
+
+def _waits_too_long(failure: GmailFailure) -> bool:
+    return failure.wait is not None and failure.wait > MAX_IN_PROCESS_WAIT_SECONDS
+
+
+def _in_process_wait(wait: float | None) -> float | None:
+    return None if wait is None else min(wait, MAX_IN_PROCESS_WAIT_SECONDS)
 
 
 class GmailClient:
@@ -299,10 +314,25 @@ class GmailClient:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def _settle(
-        self, limiter: QuotaLimiter, failure: GmailFailure, attempt: int, what: str
+        self,
+        limiter: QuotaLimiter,
+        failure: GmailFailure,
+        attempt: int,
+        what: str,
+        transient_failures: int,
     ) -> None:
-        """Apply a retryable failure (block or back off) or raise the classified error."""
+        """Apply a retryable failure (block or back off) or raise the classified error.
+
+        ``attempt`` counts every try, ``transient_failures`` the 5xx and timeouts among them (the
+        backoff's exponent). A stated wait over ``MAX_IN_PROCESS_WAIT_SECONDS`` is raised for the
+        retry ladder; a throttle still holds the user's other calls for that long.
+        """
         if failure.retry_class not in _RETRYABLE or attempt >= self.config.max_attempts:
+            raise to_error(failure, what)
+        if _waits_too_long(failure):
+            if failure.retry_class is RetryClass.RATE_LIMIT:
+                self.stats.throttled += 1
+                limiter.on_throttle(MAX_IN_PROCESS_WAIT_SECONDS, concurrency=failure.concurrency)
             raise to_error(failure, what)
         self.stats.retried += 1
         if failure.retry_class is RetryClass.RATE_LIMIT:
@@ -310,7 +340,7 @@ class GmailClient:
             delay = limiter.on_throttle(failure.wait, concurrency=failure.concurrency)
             log.info("gmail throttled call=%s reason=%s wait=%.2f", what, failure.reason, delay)
             return
-        delay = failure.wait if failure.wait is not None else limiter.backoff(attempt)
+        delay = failure.wait if failure.wait is not None else limiter.backoff(transient_failures)
         log.info("gmail retry call=%s status=%s wait=%.2f", what, failure.status, delay)
         await asyncio.sleep(delay)
 
@@ -328,7 +358,7 @@ class GmailClient:
         """
         limiter = self.limiter(user)
         cost = self.costs.cost(method)
-        attempt = 0
+        attempt = transient_failures = 0
         while True:
             attempt += 1
             await limiter.acquire(cost)
@@ -341,8 +371,10 @@ class GmailClient:
                 limiter.release()
                 if failure.status == 404 and not_found is not None:
                     raise not_found() from exc
+                if failure.retry_class is not RetryClass.RATE_LIMIT:
+                    transient_failures += 1
                 try:
-                    await self._settle(limiter, failure, attempt, method)
+                    await self._settle(limiter, failure, attempt, method, transient_failures)
                 except InboxflowError as error:
                     raise error from exc
                 continue
@@ -486,7 +518,8 @@ class GmailClient:
 
         Raises:
             RateLimitedError, QuotaExceededError, TransientError, StageTimeoutError: retries ran
-                out, or the daily quota is gone (``retry_after`` says when to come back).
+                out, Gmail asked for a wait over ``MAX_IN_PROCESS_WAIT_SECONDS``, or the daily
+                quota is gone (``retry_after`` says when to come back).
             PermanentError: Gmail refused a call for good (e.g. 400, 403 domainPolicy).
         """
         wanted = [r if isinstance(r, MessageRef) else MessageRef(r) for r in refs]
@@ -494,6 +527,7 @@ class GmailClient:
         pending = plan_fetch(wanted, need, self.costs)
         limiter = self.limiter(user)
         attempts: Counter[PlannedCall] = Counter()
+        transient_failures: Counter[PlannedCall] = Counter()  # the backoff's exponent
         while pending:
             parts = max(1, min(self.config.batch_size, limiter.concurrency))
             batches = chunk_calls(pending, self.costs, parts, limiter.capacity)
@@ -504,10 +538,13 @@ class GmailClient:
             worst_transient = 0
             for call, failure in (item for r in rounds for item in r.failed):
                 attempts[call] += 1
-                if attempts[call] >= self.config.max_attempts:
+                if attempts[call] >= self.config.max_attempts or _waits_too_long(failure):
                     raise to_error(failure, f"{call.method} {call.id} for {user}")
                 if failure.retry_class is not RetryClass.RATE_LIMIT:
-                    worst_transient = max(worst_transient, attempts[call])
+                    # Throttles do not count here: a call throttled thrice, then given a 503,
+                    # is on its first 5xx retry.
+                    transient_failures[call] += 1
+                    worst_transient = max(worst_transient, transient_failures[call])
                 pending.append(call)
             if worst_transient:
                 # Throttles are already enforced by the limiter; 5xx and timeouts back off here.
@@ -543,7 +580,7 @@ class GmailClient:
                 raise to_error(failure, "batch") from exc
             if failure.retry_class is RetryClass.RATE_LIMIT:
                 self.stats.throttled += 1
-                limiter.on_throttle(failure.wait, concurrency=failure.concurrency)
+                limiter.on_throttle(_in_process_wait(failure.wait), concurrency=failure.concurrency)
             outcome.failed = [(call, failure) for call in calls]
             return outcome
         limiter.release(len(calls))
@@ -566,7 +603,7 @@ class GmailClient:
                     throttle = failure
         if throttle is not None:
             self.stats.throttled += 1
-            limiter.on_throttle(throttle.wait, concurrency=throttle.concurrency)
+            limiter.on_throttle(_in_process_wait(throttle.wait), concurrency=throttle.concurrency)
         else:
             limiter.on_success()
         return outcome

@@ -28,6 +28,18 @@ _RATE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded"}
 _QUOTA_REASONS = {"dailyLimitExceeded", "quotaExceeded"}
 _RETRY_AFTER_TEXT = re.compile(r"Retry after (\d{4}-\d\d-\d\dT[0-9:.]+(?:Z|[+-]\d\d:?\d\d)?)")
 DAILY_QUOTA_RECHECK_SECONDS = 3600.0
+# The longest wait believed from a response. A stated time further out (a proxy's or a bug's
+# "Retry-After: 86400", a skewed clock) would park the record for that long, and the retry tier's
+# partition behind it. One hour is how often a spent daily quota is rechecked anyway, so a wait
+# cut to it only costs one more question to Gmail. Waits this long are never slept in-process:
+# the client raises them (``client.MAX_IN_PROCESS_WAIT_SECONDS``) and the retry ladder waits.
+MAX_RETRY_AFTER_SECONDS = 3600.0
+# failedPrecondition is permanent for the request: retrying does not enable Gmail for an account.
+_FAILED_PRECONDITION_ACTION = (
+    "Gmail does not serve this mailbox: Gmail is disabled or the account suspended, or a service "
+    "account lacks domain-wide delegation for it. Operator action: fix the account, then redrive "
+    "the record from the dead-letter topic."
+)
 
 
 @dataclass(frozen=True)
@@ -62,7 +74,10 @@ def _error_body(content: bytes | str | None) -> tuple[str, str]:
 
 
 def parse_retry_wait(message: str, retry_after_header: str | None, now: datetime) -> float | None:
-    """Seconds to wait from "Retry after <ISO time>" text or an HTTP ``Retry-After`` header."""
+    """Seconds to wait from "Retry after <ISO time>" text or an HTTP ``Retry-After`` header.
+
+    The later of the two, never negative, at most :data:`MAX_RETRY_AFTER_SECONDS`.
+    """
     waits = []
     match = _RETRY_AFTER_TEXT.search(message)
     if match:
@@ -75,7 +90,7 @@ def parse_retry_wait(message: str, retry_after_header: str | None, now: datetime
         else:
             with contextlib.suppress(TypeError, ValueError):
                 waits.append((parsedate_to_datetime(value) - now).total_seconds())
-    return max(0.0, *waits) if waits else None
+    return min(MAX_RETRY_AFTER_SECONDS, max(0.0, *waits)) if waits else None
 
 
 def classify_response(
@@ -95,8 +110,8 @@ def classify_response(
     if status >= 500 or status == 408:
         return GmailFailure(RetryClass.TRANSIENT, wait, status, reason, message)
     if status == 400 and reason == "failedPrecondition":
-        # Usually a mailbox Gmail does not serve, sometimes a blip that passes on retry.
-        return GmailFailure(RetryClass.TRANSIENT, wait, status, reason, message)
+        text = f"{message} {_FAILED_PRECONDITION_ACTION}".strip()
+        return GmailFailure(RetryClass.PERMANENT, None, status, reason, text)
     return GmailFailure(RetryClass.PERMANENT, None, status, reason, message)
 
 

@@ -25,6 +25,7 @@ class QuotaLimiter:
         max_concurrency: the per-user limit on sub-requests in flight.
         target_utilization: fraction of the ceiling to spend in steady state.
         burst_fraction: bucket size as a fraction of one window's budget.
+        transient_base: first backoff after a 5xx or timeout, seconds (Google: at least 1 s).
         clock: monotonic seconds; ``sleep`` awaits seconds (both injectable for tests).
     """
 
@@ -36,7 +37,7 @@ class QuotaLimiter:
         max_concurrency: int = 40,
         target_utilization: float = 0.98,
         burst_fraction: float = 0.9,
-        transient_base: float = 0.5,
+        transient_base: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
@@ -122,7 +123,8 @@ class QuotaLimiter:
         return delay
 
     def backoff(self, attempt: int, base: float | None = None) -> float:
-        """Full-jitter exponential backoff: at least ``base``, capped at one quota window."""
+        """Full-jitter exponential backoff: between ``base`` and ``base`` x 2^attempt, at most one
+        quota window (attempt 1: 1 to 2 s with the default base)."""
         floor = self.transient_base if base is None else base
-        ceiling = max(floor, min(self.window_seconds, floor * 2 ** max(0, attempt - 1)))
+        ceiling = max(floor, min(self.window_seconds, floor * 2 ** max(1, attempt)))
         return self._rng.uniform(floor, ceiling)

@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
-from devstack.gmail_emulator import FaultConfig, QuotaConfig
-from streams.stages.gmail.client import FetchNeed, GmailClient, GmailClientConfig
+import asyncio
+import time
+
+import pytest
+
+from devstack.gmail_emulator import FaultConfig, GmailEmulator, QuotaConfig
+from schemas import errors
+from schemas.errors import PermanentError, RateLimitedError, RetryClass
+from streams.stages.gmail.client import (
+    MAX_IN_PROCESS_WAIT_SECONDS,
+    FetchNeed,
+    GmailClient,
+    GmailClientConfig,
+)
+from streams.stages.gmail.errors import MAX_RETRY_AFTER_SECONDS
 from tests.integration.conftest import EmulatorFactory
 
 USER = "quota@inboxflow.test"
@@ -89,3 +102,55 @@ async def test_concurrency_adapts_down_to_the_users_limit(
     assert len(outcomes) == 60
     assert emu.accounting.throttled["concurrency"] > 0
     assert limiter.concurrency <= 20  # halved from 40 at least once
+
+
+async def test_failed_precondition_is_not_retried(gmail_emulator: GmailEmulator) -> None:
+    # The emulator answers 400 failedPrecondition for a mailbox it does not serve, as Gmail does.
+    gmail_emulator.add_user(USER, messages=1, seed=8)
+    client = GmailClient(GmailClientConfig(api_root=gmail_emulator.url))
+    try:
+        async with asyncio.timeout(10):  # retried as transient, this took over a minute
+            with pytest.raises(PermanentError, match="Operator action") as raised:
+                await client.get_profile("not-served@inboxflow.test")
+    finally:
+        client.close()
+    assert "failedPrecondition" in str(raised.value)
+    assert client.stats.calls["users.getProfile"] == 1
+    assert client.stats.retried == 0
+
+
+async def test_a_day_long_retry_after_goes_to_the_retry_ladder(
+    gmail_emulator_factory: EmulatorFactory,
+) -> None:
+    emu = gmail_emulator_factory(quota=QuotaConfig(retry_after_header=True))
+    emu.add_user(USER, messages=30, seed=9)
+    config = GmailClientConfig(api_root=emu.url)
+    lister = GmailClient(config)
+    try:
+        refs = await lister.list_all_message_ids(USER, include_spam_trash=True)
+    finally:
+        lister.close()
+    emu.set_faults(FaultConfig(rate_429=1.0, throttle_seconds=86_400, seed=10))
+
+    async def single_call(client: GmailClient) -> object:
+        return await client.get_history_id(USER)
+
+    async def batch(client: GmailClient) -> object:
+        return await client.fetch_messages(USER, refs, need=FetchNeed.RAW)
+
+    raised: list[BaseException] = []
+    for call in (single_call, batch):
+        client = GmailClient(config)
+        try:
+            async with asyncio.timeout(10):  # not slept in-process
+                with pytest.raises(RateLimitedError) as error:
+                    await call(client)
+            held = client.limiter(USER).not_before - time.monotonic()
+        finally:
+            client.close()
+        assert held <= MAX_IN_PROCESS_WAIT_SECONDS + 1.0  # the user's next calls wait this long
+        raised.append(error.value)
+    for exc in raised:
+        failure = errors.classify(exc)
+        assert failure.retry_class is RetryClass.RATE_LIMIT
+        assert failure.retry_after == MAX_RETRY_AFTER_SECONDS  # the ladder waits, capped

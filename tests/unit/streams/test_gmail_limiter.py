@@ -66,3 +66,15 @@ async def test_concurrency_halves_on_concurrency_throttle_and_grows_back() -> No
     for _ in range(30):
         limiter.on_success()
     assert limiter.concurrency == 40
+
+
+def test_transient_backoff_starts_at_one_second_with_jitter() -> None:
+    vt = VirtualTime()
+    limiter = make(vt)
+    first = [limiter.backoff(1) for _ in range(200)]
+    assert min(first) >= 1.0  # Google: wait at least 1 s before the first retry
+    assert max(first) <= 2.0
+    assert max(first) - min(first) > 0.5  # jittered, so failed callers do not retry in step
+    later = [limiter.backoff(attempt) for attempt in range(1, 12) for _ in range(20)]
+    assert min(later) >= 1.0
+    assert max(later) <= limiter.window_seconds
