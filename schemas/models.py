@@ -251,6 +251,7 @@ class EmailNormalized(Event):
     sync_id: str
     subject: str
     sender: Address | None = None
+    authors: list[Address] = Field(default_factory=list)
     to: list[Address] = Field(default_factory=list)
     cc: list[Address] = Field(default_factory=list)
     bcc: list[Address] = Field(default_factory=list)

@@ -239,8 +239,10 @@ def _contacts(mailboxes: Iterable[tuple[ContactRole, AddressLike]]) -> list[Cont
 
 
 def _participants(email: ParticipantsLike) -> Iterator[tuple[ContactRole, AddressLike]]:
-    if email.sender is not None:
-        yield ContactRole.FROM, email.sender
+    # Every author is a sender (RFC 5322 allows several); ``sender`` alone on older events.
+    authors = getattr(email, "authors", None) or ([email.sender] if email.sender else [])
+    for author in authors:
+        yield ContactRole.FROM, author
     for role, mailboxes in (
         (ContactRole.TO, email.to),
         (ContactRole.CC, email.cc),

@@ -24,12 +24,13 @@ from email import policy
 from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
-from email.utils import getaddresses, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import charset_normalizer
 
 from schemas.models import EmailNormalized, GmailMessageFetched
+from streams.stages.contacts import parse_mailboxes
 from streams.stages.html_text import html_to_text, meta_charsets
 
 __all__ = [
@@ -105,6 +106,7 @@ class NormalizedEmail:
     labels: tuple[str, ...]
     subject: str
     sender: EmailAddress | None
+    authors: tuple[EmailAddress, ...]  # every From mailbox; ``sender`` is the first
     to: tuple[EmailAddress, ...]
     cc: tuple[EmailAddress, ...]
     bcc: tuple[EmailAddress, ...]
@@ -130,6 +132,7 @@ class NormalizedEmail:
             "labels": list(self.labels),
             "subject": self.subject,
             "sender": addr(self.sender) if self.sender else None,
+            "authors": [addr(a) for a in self.authors],
             "to": [addr(a) for a in self.to],
             "cc": [addr(a) for a in self.cc],
             "bcc": [addr(a) for a in self.bcc],
@@ -192,6 +195,7 @@ def normalize_message(
         labels=tuple(label_ids),
         subject=_header_text(msg, "subject") or "",
         sender=senders[0] if senders else None,
+        authors=senders,
         to=_addresses(msg, "to"),
         cc=_addresses(msg, "cc"),
         bcc=_addresses(msg, "bcc"),
@@ -416,21 +420,32 @@ def _unfold(value: str) -> str:
 
 
 def _addresses(msg: Message, name: str) -> tuple[EmailAddress, ...]:
-    """Parse an address header the way :func:`email.utils.getaddresses` does.
+    """Parse an address header with :func:`streams.stages.contacts.parse_mailboxes`.
 
-    Consistency with ``getaddresses`` over the policy-decoded header values is a contract:
-    the contacts e2e test compares against it. Addresses are stripped and lower-cased (as the
+    Not ``email.utils.getaddresses``, and on the raw header, not the policy's parse of it: both
+    take ``alice@example.org`` for the address of ``alice@example.org <bob@example.com>``, where
+    the angle-addr is. ``parse_mailboxes`` decodes encoded words itself, after parsing, so an
+    encoded ``<`` or ``,`` stays text. Addresses are stripped and lower-cased (as the
     ``EmailNormalized`` schema says); entries without an address are dropped.
     """
-    values = _header_values(msg, name)
-    empty: list[tuple[str, str]] = []
-    pairs = _guard(lambda: getaddresses(values), empty)
     result = []
-    for display, address in pairs:
-        address = _clean(address.strip()).lower()
-        if address:
-            result.append(EmailAddress(address=address, name=_clean(display.strip()) or None))
+    raws = [_raw_text(value) for key, value in _raw_items(msg) if key.lower() == name]
+    for value in raws:
+        for mailbox in parse_mailboxes(value):
+            address = _clean(mailbox.address.strip()).lower()
+            if address:
+                display = _clean(mailbox.name.strip()) if mailbox.name else ""
+                result.append(EmailAddress(address=address, name=display or None))
     return tuple(result)
+
+
+def _raw_text(value: str) -> str:
+    """A raw header value with its 8-bit bytes (kept as surrogates) decoded: UTF-8, else cp1252."""
+    try:
+        data = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value
+    return decode_bytes(data, "utf-8")
 
 
 def _sent_at(msg: Message) -> datetime | None:

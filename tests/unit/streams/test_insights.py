@@ -42,6 +42,7 @@ def mail(
         labels=labels,
         subject=subject,
         sender=EmailAddress(sender, name) if sender else None,
+        authors=(EmailAddress(sender, name),) if sender else (),
         to=tuple(EmailAddress(a) for a in to),
         cc=tuple(EmailAddress(a) for a in cc),
         bcc=(),
