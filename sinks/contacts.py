@@ -30,6 +30,7 @@ from schemas.models import Address, ContactExtracted, EmailNormalized
 from schemas.serde import Serde, serde_for
 from sinks.base import Connection, Decoded, Record
 from sinks.mailbox_changes import lock_mailboxes
+from sinks.staging import StagingTable
 
 STAGE_TABLE = "contact_stage"
 STAGE_COLUMNS = (
@@ -42,14 +43,13 @@ STAGE_COLUMNS = (
     "occurred_at",
 )
 
-CREATE_STAGE = sql.SQL(
-    "CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (user_id text, address text, "
-    "display_name text, role text, message_id text, thread_id text, occurred_at timestamptz)"
-).format(stage=sql.Identifier(STAGE_TABLE))
-TRUNCATE_STAGE = sql.SQL("TRUNCATE {stage}").format(stage=sql.Identifier(STAGE_TABLE))
-COPY_STAGE = sql.SQL("COPY {stage} ({columns}) FROM STDIN").format(
-    stage=sql.Identifier(STAGE_TABLE),
-    columns=sql.SQL(", ").join(map(sql.Identifier, STAGE_COLUMNS)),
+STAGE = StagingTable(
+    STAGE_TABLE,
+    STAGE_COLUMNS,
+    sql.SQL(
+        "user_id text, address text, display_name text, role text, message_id text, "
+        "thread_id text, occurred_at timestamptz"
+    ),
 )
 
 # One statement: sightings of messages without a tombstone, ledger insert (new sightings only),
@@ -136,15 +136,7 @@ EMAIL_COLUMNS = (
 )
 EMAIL_STAGE_TABLE = "email_stage"
 
-CREATE_EMAIL_STAGE = sql.SQL(
-    "CREATE TEMPORARY TABLE IF NOT EXISTS {stage} "
-    "(LIKE emails INCLUDING DEFAULTS EXCLUDING CONSTRAINTS EXCLUDING INDEXES)"
-).format(stage=sql.Identifier(EMAIL_STAGE_TABLE))
-TRUNCATE_EMAIL_STAGE = sql.SQL("TRUNCATE {stage}").format(stage=sql.Identifier(EMAIL_STAGE_TABLE))
-COPY_EMAIL_STAGE = sql.SQL("COPY {stage} ({columns}) FROM STDIN").format(
-    stage=sql.Identifier(EMAIL_STAGE_TABLE),
-    columns=sql.SQL(", ").join(map(sql.Identifier, EMAIL_COLUMNS)),
-)
+EMAIL_STAGE = StagingTable.like(EMAIL_STAGE_TABLE, "emails", EMAIL_COLUMNS)
 
 # The message's newest label change is newer than the event's labels: a higher history id, or
 # the event has none.
@@ -234,7 +226,7 @@ class ContactsWriter:
 
     async def prepare(self, conn: Connection) -> None:
         """Create the session's staging table (temporary: private to this connection)."""
-        await conn.execute(CREATE_STAGE)
+        await conn.execute(STAGE.create)
 
     async def write(self, conn: Connection, rows: Sequence[Decoded[ContactExtracted]]) -> None:
         """Record the sightings and upsert their contacts; idempotent under replay.
@@ -243,10 +235,7 @@ class ContactsWriter:
         """
         await lock_mailboxes(conn, (item.row.user_id for item in rows))
         async with conn.cursor() as cur:
-            await cur.execute(TRUNCATE_STAGE)
-            async with cur.copy(COPY_STAGE) as copy:
-                for item in rows:
-                    await copy.write_row(contact_row(item.row))
+            await STAGE.load(cur, (contact_row(item.row) for item in rows))
             await cur.execute(UPSERT_CONTACTS)
 
 
@@ -310,7 +299,7 @@ class EmailsWriter:
 
     async def prepare(self, conn: Connection) -> None:
         """Create the session's staging table (temporary: private to this connection)."""
-        await conn.execute(CREATE_EMAIL_STAGE)
+        await conn.execute(EMAIL_STAGE.create)
 
     async def write(self, conn: Connection, rows: Sequence[Decoded[EmailNormalized]]) -> None:
         """Upsert the latest normalization of each message; idempotent under replay.
@@ -320,8 +309,6 @@ class EmailsWriter:
         """
         await lock_mailboxes(conn, (item.row.user_id for item in rows))
         async with conn.cursor() as cur:
-            await cur.execute(TRUNCATE_EMAIL_STAGE)
-            async with cur.copy(COPY_EMAIL_STAGE) as copy:
-                for row in latest_emails(rows):
-                    await copy.write_row([row[column] for column in EMAIL_COLUMNS])
+            emails = latest_emails(rows)
+            await EMAIL_STAGE.load(cur, ([row[c] for c in EMAIL_COLUMNS] for row in emails))
             await cur.execute(UPSERT_EMAILS)

@@ -23,6 +23,7 @@ from schemas.errors import UndecodableRecordError
 from schemas.models import JobStateChanged
 from schemas.serde import Serde, serde_for
 from sinks.base import Connection, Decoded, Record
+from sinks.staging import StagingTable
 
 WriteMethod = Literal["copy", "executemany"]
 
@@ -43,17 +44,7 @@ VERSIONED_COLUMNS = (
     "source_offset",
 )
 COLUMNS = ("id", "created_at", *VERSIONED_COLUMNS)
-STAGE_TABLE = "job_state_stage"
-
-CREATE_STAGE = sql.SQL(
-    "CREATE TEMPORARY TABLE IF NOT EXISTS {stage} "
-    "(LIKE jobs INCLUDING DEFAULTS EXCLUDING CONSTRAINTS EXCLUDING INDEXES)"
-).format(stage=sql.Identifier(STAGE_TABLE))
-TRUNCATE_STAGE = sql.SQL("TRUNCATE {stage}").format(stage=sql.Identifier(STAGE_TABLE))
-COPY_STAGE = sql.SQL("COPY {stage} ({columns}) FROM STDIN").format(
-    stage=sql.Identifier(STAGE_TABLE),
-    columns=sql.SQL(", ").join(map(sql.Identifier, COLUMNS)),
-)
+STAGE = StagingTable.like("job_state_stage", "jobs", COLUMNS)
 
 # Each versioned column takes the new value only when the version grows; the WHERE skips the
 # update (and its dead tuple) when nothing would change.
@@ -74,7 +65,7 @@ _INSERT_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
 
 UPSERT_FROM_STAGE = (
     sql.SQL("INSERT INTO jobs ({columns}) SELECT {columns} FROM {stage} ").format(
-        columns=_INSERT_COLUMNS, stage=sql.Identifier(STAGE_TABLE)
+        columns=_INSERT_COLUMNS, stage=sql.Identifier(STAGE.name)
     )
     + _CONFLICT
 )
@@ -169,7 +160,7 @@ class JobStateWriter:
     async def prepare(self, conn: Connection) -> None:
         """Create the session's staging table (temporary: private to this connection)."""
         if self._method == "copy":
-            await conn.execute(CREATE_STAGE)
+            await conn.execute(STAGE.create)
 
     async def write(self, conn: Connection, rows: Sequence[Decoded[JobStateChanged]]) -> None:
         """Upsert the latest state of each job in ``rows``; idempotent and version-guarded."""
@@ -178,8 +169,5 @@ class JobStateWriter:
             if self._method == "executemany":
                 await cur.executemany(UPSERT_ROW, latest)
                 return
-            await cur.execute(TRUNCATE_STAGE)
-            async with cur.copy(COPY_STAGE) as copy:
-                for row in latest:
-                    await copy.write_row([row[column] for column in COLUMNS])
+            await STAGE.load(cur, ([row[column] for column in COLUMNS] for row in latest))
             await cur.execute(UPSERT_FROM_STAGE)

@@ -31,6 +31,7 @@ from schemas.errors import UndecodableRecordError
 from schemas.models import MessageDeleted, MessageLabelsChanged
 from schemas.serde import Serde, serde_for
 from sinks.base import Connection, Decoded, Record
+from sinks.staging import StagingTable
 
 # --- mailbox locks ----------------------------------------------------------------------------
 
@@ -96,20 +97,18 @@ DELETION_STAGE = "deletion_stage"
 DELETION_COLUMNS = ("user_id", "message_id", "reason", "history_id", "deleted_at")
 REMOVED_STAGE = "removed_sighting_stage"
 
-CREATE_DELETION_STAGE = sql.SQL(
-    "CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (user_id text, message_id text, reason text, "
-    "history_id numeric(20), deleted_at timestamptz)"
-).format(stage=sql.Identifier(DELETION_STAGE))
-CREATE_REMOVED_STAGE = sql.SQL(
-    "CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (user_id text, address text, role text, "
-    "occurred_at timestamptz)"
-).format(stage=sql.Identifier(REMOVED_STAGE))
-TRUNCATE_DELETION_STAGES = sql.SQL("TRUNCATE {deletions}, {removed}").format(
-    deletions=sql.Identifier(DELETION_STAGE), removed=sql.Identifier(REMOVED_STAGE)
+DELETIONS = StagingTable(
+    DELETION_STAGE,
+    DELETION_COLUMNS,
+    sql.SQL(
+        "user_id text, message_id text, reason text, history_id numeric(20), deleted_at timestamptz"
+    ),
 )
-COPY_DELETION_STAGE = sql.SQL("COPY {stage} ({columns}) FROM STDIN").format(
-    stage=sql.Identifier(DELETION_STAGE),
-    columns=sql.SQL(", ").join(map(sql.Identifier, DELETION_COLUMNS)),
+# Filled by REMOVE_SIGHTINGS, not by COPY: the sightings a deletion removed.
+REMOVED = StagingTable(
+    REMOVED_STAGE,
+    ("user_id", "address", "role", "occurred_at"),
+    sql.SQL("user_id text, address text, role text, occurred_at timestamptz"),
 )
 
 # The first report of a deletion stays; a later one (a replay, a reconciliation) changes nothing.
@@ -234,8 +233,8 @@ class DeletionsWriter:
 
     async def prepare(self, conn: Connection) -> None:
         """Create the session's staging tables (temporary: private to this connection)."""
-        await conn.execute(CREATE_DELETION_STAGE)
-        await conn.execute(CREATE_REMOVED_STAGE)
+        await conn.execute(DELETIONS.create)
+        await conn.execute(REMOVED.create)
 
     async def write(self, conn: Connection, rows: Sequence[Decoded[MessageDeleted]]) -> None:
         """Tombstone the messages and remove their rows and sightings; idempotent under replay.
@@ -244,10 +243,8 @@ class DeletionsWriter:
         """
         await lock_mailboxes(conn, (item.row.user_id for item in rows))
         async with conn.cursor() as cur:
-            await cur.execute(TRUNCATE_DELETION_STAGES)
-            async with cur.copy(COPY_DELETION_STAGE) as copy:
-                for row in deletion_rows(rows):
-                    await copy.write_row(row)
+            await cur.execute(REMOVED.truncate)
+            await DELETIONS.load(cur, deletion_rows(rows))
             await cur.execute(INSERT_TOMBSTONES)
             await cur.execute(DELETE_EMAILS)
             await cur.execute(DELETE_MESSAGE_LABELS)
@@ -261,14 +258,10 @@ class DeletionsWriter:
 LABEL_STAGE = "label_stage"
 LABEL_COLUMNS = ("user_id", "message_id", "label_ids", "history_id")
 
-CREATE_LABEL_STAGE = sql.SQL(
-    "CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (user_id text, message_id text, "
-    "label_ids text[], history_id numeric(20))"
-).format(stage=sql.Identifier(LABEL_STAGE))
-TRUNCATE_LABEL_STAGE = sql.SQL("TRUNCATE {stage}").format(stage=sql.Identifier(LABEL_STAGE))
-COPY_LABEL_STAGE = sql.SQL("COPY {stage} ({columns}) FROM STDIN").format(
-    stage=sql.Identifier(LABEL_STAGE),
-    columns=sql.SQL(", ").join(map(sql.Identifier, LABEL_COLUMNS)),
+LABELS = StagingTable(
+    LABEL_STAGE,
+    LABEL_COLUMNS,
+    sql.SQL("user_id text, message_id text, label_ids text[], history_id numeric(20)"),
 )
 
 # The highest history id wins; on a tie the stored set stays. A deleted message gets none.
@@ -340,15 +333,12 @@ class LabelsWriter:
 
     async def prepare(self, conn: Connection) -> None:
         """Create the session's staging table (temporary: private to this connection)."""
-        await conn.execute(CREATE_LABEL_STAGE)
+        await conn.execute(LABELS.create)
 
     async def write(self, conn: Connection, rows: Sequence[Decoded[MessageLabelsChanged]]) -> None:
         """Keep the newest label set of each message and update its email row if older."""
         await lock_mailboxes(conn, (item.row.user_id for item in rows))
         async with conn.cursor() as cur:
-            await cur.execute(TRUNCATE_LABEL_STAGE)
-            async with cur.copy(COPY_LABEL_STAGE) as copy:
-                for row in label_rows(rows):
-                    await copy.write_row(row)
+            await LABELS.load(cur, label_rows(rows))
             await cur.execute(UPSERT_MESSAGE_LABELS)
             await cur.execute(APPLY_LABELS_TO_EMAILS)
