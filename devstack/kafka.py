@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from devstack.maven import resolve_once
 from devstack.processes import (
-    StackError,
     free_port,
     log_tail,
     run_checked,
@@ -84,40 +84,14 @@ def ensure_classpath(cache_dir: Path, version: str = KAFKA_VERSION) -> Path:
         StackError: no ``java``/``mvn`` on PATH, or Maven could not resolve the jars.
     """
     libs = cache_dir / f"kafka-{version}" / "libs"
-    marker = libs / ".complete"
-    if marker.exists():
-        return libs
-    _require_tool("java", "install a Java 17+ runtime (apt-get install openjdk-17-jre-headless)")
-    _require_tool("mvn", "install Maven (apt-get install maven) to fetch the Kafka jars once")
-    libs.mkdir(parents=True, exist_ok=True)
-    pom = resources.files("devstack") / "resources" / "kafka-pom.xml"
-    with resources.as_file(pom) as pom_path:
-        log.info("resolving Kafka %s jars with Maven into %s", version, libs)
-        try:
-            run_checked(
-                [
-                    "mvn",
-                    "-B",
-                    "-q",
-                    "-f",
-                    str(pom_path),
-                    "dependency:copy-dependencies",
-                    f"-Dkafka.version={version}",
-                    f"-Dkafka.libs.dir={libs}",
-                ],
-                what="Maven (resolving the Kafka broker jars; Maven Central must be reachable "
-                "the first time)",
-            )
-        except StackError:
-            shutil.rmtree(libs, ignore_errors=True)
-            raise
-    marker.write_text(version)
+    resolve_once(
+        libs,
+        "kafka-pom.xml",
+        "dependency:copy-dependencies",
+        [f"kafka.version={version}", f"kafka.libs.dir={libs}"],
+        f"the Kafka {version} broker jars",
+    )
     return libs
-
-
-def _require_tool(name: str, fix: str) -> None:
-    if shutil.which(name) is None:
-        raise StackError(f"`{name}` not found on PATH: {fix}")
 
 
 @dataclass

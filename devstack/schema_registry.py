@@ -19,13 +19,12 @@ import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
+from devstack.maven import resolve_once
 from devstack.processes import (
     StackError,
     free_port,
-    run_checked,
     spawn,
     stop_group,
     wait_for,
@@ -45,44 +44,19 @@ def ensure_distribution(cache_dir: Path, version: str = APICURIO_VERSION) -> Pat
     """
     home = cache_dir / f"apicurio-registry-{version}"
     runner = home / f"apicurio-registry-app-{version}-runner.jar"
-    marker = home / ".complete"
-    if marker.exists() and runner.exists():
-        return runner
-    _require_tool("java", "install a Java 17+ runtime (apt-get install openjdk-17-jre-headless)")
-    _require_tool("mvn", "install Maven (apt-get install maven) to fetch the registry once")
-    shutil.rmtree(home, ignore_errors=True)
-    home.mkdir(parents=True)
-    pom = resources.files("devstack") / "resources" / "schema-registry-pom.xml"
-    with resources.as_file(pom) as pom_path:
-        log.info("resolving Apicurio Registry %s with Maven into %s", version, home)
-        try:
-            run_checked(
-                [
-                    "mvn",
-                    "-B",
-                    "-q",
-                    "-f",
-                    str(pom_path),
-                    "dependency:unpack",
-                    f"-Dapicurio.version={version}",
-                    f"-Dregistry.dir={home}",
-                ],
-                what="Maven (resolving the Apicurio Registry distribution; Maven Central must "
-                "be reachable the first time)",
-            )
-        except StackError:
-            shutil.rmtree(home, ignore_errors=True)
-            raise
+    if not runner.exists():
+        (home / ".complete").unlink(missing_ok=True)  # a marker without the jar: resolve again
+    resolve_once(
+        home,
+        "schema-registry-pom.xml",
+        "dependency:unpack",
+        [f"apicurio.version={version}", f"registry.dir={home}"],
+        f"the Apicurio Registry {version} distribution",
+    )
     if not runner.exists():
         shutil.rmtree(home, ignore_errors=True)
         raise StackError(f"the Apicurio Registry {version} distribution has no {runner.name}")
-    marker.write_text(version)
     return runner
-
-
-def _require_tool(name: str, fix: str) -> None:
-    if shutil.which(name) is None:
-        raise StackError(f"`{name}` not found on PATH: {fix}")
 
 
 @dataclass
