@@ -331,6 +331,7 @@ def test_headers_of_a_real_message() -> None:
 # email.utils.getaddresses and keeps one From mailbox (EmailNormalized.sender is a single record).
 # The whole path: mime's parse, then extraction (the extract stage reads the same fields).
 
+
 def pipeline_contacts(headers: str) -> set[tuple[str, ContactRole]]:
     raw = (headers + "\r\nSubject: s\r\n\r\nbody\r\n").encode()
     email = normalize_message(raw, message_id="m", thread_id="t", label_ids=[])
