@@ -264,7 +264,7 @@ def get_profile(state: EmulatorState, box: Mailbox, req: ApiRequest, p: dict[str
     return {
         "emailAddress": box.email_address,
         "messagesTotal": len(box.messages),
-        "threadsTotal": len({m.thread_id for m in box.messages.values()}),
+        "threadsTotal": box.threads_total(),
         "historyId": str(box.history_id),
     }
 
@@ -299,17 +299,18 @@ def list_messages(state: EmulatorState, box: Mailbox, req: ApiRequest, p: dict[s
     include = (req.arg("includeSpamTrash") or "false").lower() == "true"
     found = box.list(ListQuery(req.args("labelIds"), include, req.arg("q") or ""))
     token = req.arg("pageToken")
+    start = 0
     if token:
         try:
             after = decode_page_token(token)
         except (ValueError, binascii.Error) as exc:
             raise _ApiError(envelopes.bad_request("Invalid pageToken")) from exc
-        found = found[_first_after(found, after) :]
-    page = found[:size]
-    body: Json = {"resultSizeEstimate": len(found)}
+        start = _first_after(found, after)
+    page = found[start : start + size]  # a page, not a copy of the rest of the mailbox
+    body: Json = {"resultSizeEstimate": len(found) - start}
     if page:
         body["messages"] = [{"id": m.id, "threadId": m.thread_id} for m in page]
-    if len(found) > size:
+    if len(found) - start > size:
         body["nextPageToken"] = encode_page_token(page[-1])
     return body
 

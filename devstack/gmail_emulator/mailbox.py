@@ -113,6 +113,7 @@ class Mailbox:
         # every change): paging through a large mailbox sorts it once, not once a page.
         self._listings: dict[tuple[tuple[str, ...], bool, str], tuple[int, list[StoredMessage]]]
         self._listings = {}
+        self._threads_total: tuple[int, int] | None = None  # (historyId, count)
 
     def _new_id(self) -> str:
         self._next_id += self._rng.randrange(1, 4096)
@@ -223,6 +224,13 @@ class Mailbox:
             if name in (label_id, label_name) or label_name.lower() == name.lower():
                 return label_id
         return name
+
+    def threads_total(self) -> int:
+        """How many threads the mailbox holds (counted once per change, not per call)."""
+        if self._threads_total is None or self._threads_total[0] != self.history_id:
+            count = len({m.thread_id for m in self.messages.values()})
+            self._threads_total = (self.history_id, count)
+        return self._threads_total[1]
 
     def _list(self, query: ListQuery) -> list[StoredMessage]:
         wanted = {self.label_id(x) for x in query.label_ids}
