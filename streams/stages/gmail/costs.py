@@ -20,6 +20,8 @@ _TABLES: dict[str, dict[str, int]] = {
         "users.messages.attachments.get": 5,
         "users.threads.get": 10,
         "users.labels.list": 1,
+        "users.watch": 100,
+        "users.stop": 50,
     },
     "2026": {
         "users.getProfile": 1,
@@ -29,6 +31,8 @@ _TABLES: dict[str, dict[str, int]] = {
         "users.messages.attachments.get": 20,
         "users.threads.get": 40,
         "users.labels.list": 1,
+        "users.watch": 100,
+        "users.stop": 50,
     },
 }
 _USER_UNITS_PER_MINUTE = {"legacy": 15_000, "2026": 6_000}

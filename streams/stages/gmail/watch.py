@@ -2,9 +2,8 @@
 
 A watch makes Gmail publish a notification to a Pub/Sub topic whenever the mailbox changes; it
 lapses after seven days unless renewed (Google suggests daily). These calls go through the
-client's limiter, retries and error classification like every other Gmail call; the limiter is
-charged what Google charges for them (100 and 50 units), which the client's cost tables do not
-list. No settings, no environment.
+client's limiter, retries and error classification like every other Gmail call, at the units
+its cost table gives them (100 and 50). No settings, no environment.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ from typing import Any, Literal
 
 from streams.stages.gmail.client import GmailClient
 
-WATCH_UNITS = 100
-STOP_UNITS = 50
 TOPIC_NAME = re.compile(r"^projects/[^/]+/topics/[^/]+$")
 
 LabelFilter = Literal["include", "exclude"]
@@ -35,14 +32,6 @@ class WatchResult:
 
     history_id: str
     expiration: datetime
-
-
-async def _charge(client: GmailClient, user: str, method: str, units: int) -> None:
-    """Spend in the user's limiter what Google charges beyond what the cost table says."""
-    extra = units - client.costs.cost(method)
-    if extra > 0:
-        await client.limiter(user).acquire(extra, slots=0)
-        client.stats.units += extra
 
 
 async def watch(
@@ -77,7 +66,6 @@ async def watch(
     if label_ids:
         body["labelIds"] = list(label_ids)
         body["labelFilterBehavior"] = label_filter
-    await _charge(client, user, "users.watch", WATCH_UNITS)
     answer = await client._call(
         user, "users.watch", lambda users: users.watch(userId=user, body=body)
     )
@@ -94,5 +82,4 @@ async def stop_watch(client: GmailClient, user: str) -> None:
         PermanentError, RateLimitedError, QuotaExceededError, TransientError: as for every
             Gmail call.
     """
-    await _charge(client, user, "users.stop", STOP_UNITS)
     await client._call(user, "users.stop", lambda users: users.stop(userId=user))
