@@ -58,7 +58,6 @@ class Listing:
 
     refs: list[MessageRef]  # listed or added, before the label filter
     history_id: str
-    full: bool
     deleted: list[str] = field(default_factory=list)
     labels: dict[str, LabelChange] = field(default_factory=dict)
     reconciled: bool = False  # deleted holds ids a full resync no longer found
@@ -202,7 +201,6 @@ class SyncStage:
                 listing = Listing(
                     changes.added,
                     changes.history_id,
-                    full=False,
                     deleted=changes.deleted,
                     labels=changes.labels,
                 )
@@ -331,7 +329,7 @@ class SyncStage:
                 finishes_job=False,
             )
         gone = await self.state.unlisted_known_ids(user, request.sync_id)
-        listing = Listing([], "", full=True, deleted=gone, reconciled=True)
+        listing = Listing([], "", deleted=gone, reconciled=True)
         outputs = self._changes(request, listing, utc_now(self.clock))
         log.info("sync reconciled user=%s sync=%s gone=%s", user, request.sync_id, len(gone))
 
