@@ -3,16 +3,27 @@
 Maven resolves the broker classpath from ``resources/kafka-pom.xml`` into a cache outside the
 work tree, so only the first start needs the network. The broker gets a fresh storage directory,
 free loopback ports and settings sized for a 2-core machine.
+
+With ``BrokerSecurity`` clients connect only over SASL_SSL, as to a managed cluster: a PEM
+keystore with a certificate from the throwaway CA (``devstack.tls``), SCRAM-SHA-512,
+SCRAM-SHA-256 and PLAIN, and users whose SCRAM credentials are written into the metadata log
+when the storage is formatted (``StorageTool format --add-scram``), so they exist from the first
+second. Broker-to-broker traffic uses SASL_SSL too, as a user of its own; the controller
+listener stays plaintext on loopback. Nothing here is for production keys or passwords.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import os
+import re
+import secrets
 import shutil
 import subprocess
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -25,6 +36,7 @@ from devstack.processes import (
     stop_group,
     wait_for,
 )
+from devstack.tls import CertificateAuthority, issue
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +49,7 @@ _SERVER_PROPERTIES = """\
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{controller_port}
-listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={data_dir}
+{listeners}log.dirs={data_dir}
 num.partitions=1
 default.replication.factor=1
 min.insync.replicas=1
@@ -66,6 +73,99 @@ log.cleaner.dedupe.buffer.size=2097152
 log.segment.delete.delay.ms=1000
 log.initial.task.delay.ms=100
 """
+
+
+# The SASL_SSL variant: replaces the listener lines of ``_SERVER_PROPERTIES``.
+_SECURE_LISTENERS = """\
+listeners=SASL_SSL://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=SASL_SSL://127.0.0.1:{broker_port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=SASL_SSL
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256,PLAIN
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram_jaas_broker}
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram_jaas}
+listener.name.sasl_ssl.plain.sasl.jaas.config={plain_jaas}
+ssl.keystore.type=PEM
+ssl.keystore.location={keystore}
+ssl.truststore.type=PEM
+ssl.truststore.location={truststore}
+ssl.client.auth=none
+"""
+_PLAINTEXT_LISTENERS = """\
+listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+"""
+_SCRAM_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
+_SCRAM_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule"
+_PLAIN_MODULE = "org.apache.kafka.common.security.plain.PlainLoginModule"
+BROKER_USER = "inboxflow-broker"  # the broker's own SCRAM user, for inter-broker connections
+# Names and passwords go into JAAS strings and --add-scram's [name=...,password=...] syntax.
+_SAFE_CREDENTIAL = re.compile(r"[A-Za-z0-9._@+-]+")
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """Serve clients over SASL_SSL only, with a certificate signed by ``ca``.
+
+    Attributes:
+        ca: the CA that signs the broker's certificate; clients verify against ``ca.cert_path``.
+        users: user name -> password, each usable with SCRAM-SHA-512, SCRAM-SHA-256 and PLAIN.
+    """
+
+    ca: CertificateAuthority
+    users: Mapping[str, str] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.users:
+            raise ValueError("a secure broker needs at least one user")
+        for name, password in self.users.items():
+            if not _SAFE_CREDENTIAL.fullmatch(name) or not _SAFE_CREDENTIAL.fullmatch(password):
+                raise ValueError(
+                    f"user {name!r}: names and passwords may hold only letters, digits and ._@+-"
+                )
+        if BROKER_USER in self.users:
+            raise ValueError(f"{BROKER_USER!r} is the broker's own user")
+
+
+def _jaas(module: str, **options: str) -> str:
+    pairs = "".join(f' {key}="{value}"' for key, value in options.items())
+    return f"{module} required{pairs};"
+
+
+def _secure_listeners(
+    security: BrokerSecurity, work_dir: Path, broker_port: int, controller_port: int
+) -> tuple[str, list[str]]:
+    """Return the listener properties and the StorageTool arguments that add the SCRAM users."""
+    server = issue(security.ca, work_dir / "tls", "broker")
+    # A PEM keystore file holds the private key and the certificate chain together.
+    keystore = work_dir / "tls" / "broker-keystore.pem"
+    fd = os.open(keystore, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(server.key_path.read_bytes() + server.cert_path.read_bytes())
+    broker_password = secrets.token_hex(16)
+    users = {**security.users, BROKER_USER: broker_password}
+    plain_users = {f"user_{name}": password for name, password in users.items()}
+    properties = _SECURE_LISTENERS.format(
+        broker_port=broker_port,
+        controller_port=controller_port,
+        scram_jaas_broker=_jaas(_SCRAM_MODULE, username=BROKER_USER, password=broker_password),
+        scram_jaas=_jaas(_SCRAM_MODULE),
+        plain_jaas=_jaas(_PLAIN_MODULE, **plain_users),
+        keystore=keystore,
+        truststore=security.ca.cert_path,
+    )
+    scram = [
+        argument
+        for name, password in users.items()
+        for mechanism in _SCRAM_MECHANISMS
+        for argument in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+    ]
+    return properties, scram
 
 
 def _cluster_id() -> str:
@@ -102,6 +202,12 @@ class KafkaBroker:
     pid: int
     work_dir: Path
     process: subprocess.Popen[bytes] | None = None
+    security: BrokerSecurity | None = None
+
+    @property
+    def security_protocol(self) -> str:
+        """What clients must speak on ``bootstrap``: PLAINTEXT, or SASL_SSL when secure."""
+        return "PLAINTEXT" if self.security is None else "SASL_SSL"
 
     def stop(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after a grace period)."""
@@ -133,6 +239,7 @@ def start_broker(
     die_with_parent: bool,
     heap: str = "384m",
     timeout: float = 120.0,
+    security: BrokerSecurity | None = None,
 ) -> KafkaBroker:
     """Format fresh storage and start a broker on free 127.0.0.1 ports; wait until ready.
 
@@ -142,6 +249,7 @@ def start_broker(
         die_with_parent: have the kernel stop the broker when this process dies (test sessions).
         heap: JVM heap, small by default for a 2-core machine.
         timeout: seconds to wait for the "Kafka Server started" line.
+        security: serve clients over SASL_SSL only, with these users; None: PLAINTEXT.
     """
     libs = ensure_classpath(cache_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -153,14 +261,24 @@ def start_broker(
     data_dir = work_dir / "data"
     shutil.rmtree(data_dir, ignore_errors=True)
     config = work_dir / "server.properties"
-    config.write_text(
-        _SERVER_PROPERTIES.format(
-            broker_port=broker_port, controller_port=controller_port, data_dir=data_dir
+    scram: list[str] = []
+    if security is None:
+        listeners = _PLAINTEXT_LISTENERS.format(
+            broker_port=broker_port, controller_port=controller_port
         )
-    )
+    else:
+        listeners, scram = _secure_listeners(security, work_dir, broker_port, controller_port)
+    # Mode 0600: a secure broker's file holds its own password and the PLAIN users'.
+    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(
+            _SERVER_PROPERTIES.format(
+                controller_port=controller_port, listeners=listeners, data_dir=data_dir
+            )
+        )
     jvm = _jvm_args(libs, log_config, heap)
     run_checked(
-        [*jvm, _STORAGE_TOOL, "format", "-t", _cluster_id(), "-c", str(config)],
+        [*jvm, _STORAGE_TOOL, "format", "-t", _cluster_id(), "-c", str(config), *scram],
         what="formatting Kafka storage",
     )
     log_path = work_dir / "broker.log"
@@ -168,7 +286,7 @@ def start_broker(
     process = spawn(
         [*jvm, _MAIN_CLASS, str(config)], log_path=log_path, die_with_parent=die_with_parent
     )
-    broker = KafkaBroker(f"127.0.0.1:{broker_port}", process.pid, work_dir, process)
+    broker = KafkaBroker(f"127.0.0.1:{broker_port}", process.pid, work_dir, process, security)
     try:
         wait_for(
             lambda: STARTED_LINE in log_path.read_text(errors="replace"),
@@ -180,7 +298,12 @@ def start_broker(
     except BaseException:
         broker.stop()
         raise
-    log.info("kafka started bootstrap=%s pid=%s", broker.bootstrap, process.pid)
+    log.info(
+        "kafka started bootstrap=%s pid=%s protocol=%s",
+        broker.bootstrap,
+        process.pid,
+        broker.security_protocol,
+    )
     return broker
 
 

@@ -34,11 +34,15 @@ class RoundTripResult:
 
 
 async def kafka_round_trip(
-    bootstrap: str, *, wait_seconds: float = 30.0
+    kafka: KafkaClients, *, wait_seconds: float = 30.0
 ) -> tuple[str, str, str, dict[str, str], float]:
-    """Create a topic, produce one keyed record with headers, read it back, delete the topic."""
+    """Create a topic, produce one keyed record with headers, read it back, delete the topic.
+
+    ``kafka`` carries the cluster's security, so the check passes only when the configured
+    credentials and TLS files are accepted.
+    """
     topic = f"inboxflow.devstack.check-{uuid.uuid4().hex[:8]}"
-    kafka = KafkaClients(bootstrap, client_id="inboxflow-devstack-check")
+    kafka = kafka.with_client_id("inboxflow-devstack-check")
     began = time.perf_counter()
     async with kafka.started(kafka.admin()) as admin:
         await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
@@ -75,8 +79,8 @@ def database_round_trip(database_url: str) -> tuple[str, float]:
     return str(row[0]), (time.perf_counter() - started) * 1000
 
 
-async def round_trip(bootstrap: str, database_url: str) -> RoundTripResult:
+async def round_trip(kafka: KafkaClients, database_url: str) -> RoundTripResult:
     """Run both round-trips and return what came back."""
-    topic, key, value, headers, kafka_ms = await kafka_round_trip(bootstrap)
+    topic, key, value, headers, kafka_ms = await kafka_round_trip(kafka)
     row, database_ms = database_round_trip(database_url)
     return RoundTripResult(topic, key, value, headers, kafka_ms, database_ms, row)

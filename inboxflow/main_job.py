@@ -40,9 +40,10 @@ from inboxflow.progress import (
 from inboxflow.scheduling import register_accounts
 from inboxflow.settings import Settings
 from inboxflow.supervisor import ProcessGroup, start_all
-from inboxflow.wiring import catalogue_from, request_syncs
+from inboxflow.wiring import catalogue_from, kafka_from, request_syncs
+from schemas.errors import redact_secrets
 from topics.admin import ensure_topics
-from topics.kafka import KafkaClients
+from topics.kafka import PLAINTEXT, KafkaClients, KafkaConfigError
 
 MESSAGE_KINDS = ("normalize_google_email", "extract_contacts", "embed", "insight")
 
@@ -62,8 +63,9 @@ def running_stack(settings: Settings) -> Iterator[Stack]:
             mode=settings.stack,
             cache_dir=Path(settings.state_dir).expanduser(),
             die_with_parent=True,
+            kafka_security=kafka_from(settings).security if external_kafka else PLAINTEXT,
         )
-    except StackError as exc:
+    except (StackError, KafkaConfigError) as exc:
         raise click.ClickException(str(exc)) from exc
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -115,10 +117,11 @@ def worker_env(
     settings: Settings, stack: Stack, emulator_url: str, namespace: str
 ) -> dict[str, str]:
     """Return the environment every worker process gets."""
+    # The stack's Kafka security replaces the caller's: a local broker speaks PLAINTEXT.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("INBOXFLOW_KAFKA_")}
     return {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
-        "DATABASE_URL": stack.database_url,
+        **inherited,
+        **stack.client_env(),
         "INBOXFLOW_GMAIL_API_ROOT": emulator_url,
         "INBOXFLOW_TOPIC_NAMESPACE": namespace,
         "INBOXFLOW_TOPIC_PARTITIONS": str(settings.topic_partitions),
@@ -135,11 +138,12 @@ class Job:
         self.namespace = namespace
         self.users = users
         self.catalogue = catalogue_from(settings.model_copy(update={"topic_namespace": namespace}))
+        self.kafka = KafkaClients(stack.kafka_bootstrap, security=stack.kafka_security)
         self.started = time.monotonic()
 
     async def create_topics(self) -> None:
         """Create every topic of the catalogue (idempotent)."""
-        await ensure_topics(self.stack.kafka_bootstrap, self.catalogue.topics)
+        await ensure_topics(self.kafka, self.catalogue.topics)
 
     def finished(self) -> bool:
         """True when every sync and every job it led to has reached a final state.
@@ -163,7 +167,7 @@ class Job:
         progress = _progress(console)
         tasks = {label: progress.add_task(label, total=None) for label in labels}
         deadline = time.monotonic() + wait_seconds
-        async with TopicCounter(KafkaClients(self.stack.kafka_bootstrap)) as counter:
+        async with TopicCounter(self.kafka) as counter:
             with progress:
                 while time.monotonic() < deadline:
                     counts = await counter.records(labels.values())
@@ -185,7 +189,7 @@ class Job:
 
     async def summary(self, emulator: GmailEmulator, complete: bool, logs: Path) -> RunSummary:
         """Collect the figures the job prints."""
-        async with TopicCounter(KafkaClients(self.stack.kafka_bootstrap)) as counter:
+        async with TopicCounter(self.kafka) as counter:
             stages = await counter.records(stage_topics(self.catalogue).values())
             dlqs = await counter.records(dlq_topics(self.catalogue).values())
         labels = {topic: label for label, topic in stage_topics(self.catalogue).items()}
@@ -206,7 +210,7 @@ class Job:
             complete=complete,
             namespace=self.namespace,
             kafka_bootstrap=self.stack.kafka_bootstrap,
-            database_url=self.stack.database_url,
+            database_url=redact_secrets(self.stack.database_url),  # printed: no password
             logs=str(logs),
         )
 
@@ -237,9 +241,17 @@ def run_job(
     asyncio.run(job.create_topics())
     workers = start_all(worker_env(settings, stack, emulator.url, namespace), log_dir=logs)
     try:
+        security = stack.kafka_security
         env_settings = settings.model_copy(
             update={
                 "kafka_bootstrap_servers": stack.kafka_bootstrap,
+                "kafka_security_protocol": security.protocol,
+                "kafka_sasl_mechanism": security.mechanism,
+                "kafka_sasl_username": security.username,
+                "kafka_sasl_password": SecretStr(security.password) if security.password else None,
+                "kafka_ssl_cafile": security.cafile,
+                "kafka_ssl_certfile": security.certfile,
+                "kafka_ssl_keyfile": security.keyfile,
                 "topic_namespace": namespace,
                 "database_url": SecretStr(stack.database_url),
             }

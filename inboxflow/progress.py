@@ -6,6 +6,7 @@ Used by the main job's progress bars and summary and by tests; it never changes 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 import psycopg
@@ -77,15 +78,17 @@ class TopicCounter:
     def __init__(self, kafka: KafkaClients) -> None:
         self._kafka = kafka
         self._consumer: AIOKafkaConsumer | None = None
+        self._running = AsyncExitStack()
 
     async def __aenter__(self) -> TopicCounter:
-        self._consumer = self._kafka.consumer()
-        await self._consumer.start()
+        # Started by ``KafkaClients``: refused credentials become one clear KafkaAuthError.
+        self._consumer = await self._running.enter_async_context(
+            self._kafka.started(self._kafka.consumer())
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self._running.aclose()
 
     async def records(self, topics: Iterable[str]) -> dict[str, int]:
         """Return records ever written to each topic (end minus start offsets)."""

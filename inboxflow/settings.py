@@ -9,8 +9,15 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Mirrors of streams' constants (a test checks they agree): settings must not import faust.
+_SYNC_PAGE = 500  # streams.stages.sync.PAGE_SIZE
+_EMBED_GUARD_SECONDS = 30.0  # streams.stages.embed.GUARD_SECONDS
+_BREAKER_MAX_WAIT_SECONDS = 30.0  # streams.runtime.runner.BREAKER_MAX_WAIT
+LIVENESS_MARGIN_SECONDS = 120.0
+"""Slack above a batch's worst case before a partition counts as stalled (publishing, polls)."""
 
 
 class StageTimeouts(BaseModel):
@@ -39,6 +46,15 @@ class StageTimeouts(BaseModel):
         """Return the sync deadline for a mailbox of the given size (minutes, never a fixed 3)."""
         return self.sync_base + self.sync_per_1000_messages * mailbox_messages / 1000
 
+    def longest_deadline(self) -> float:
+        """Return the longest deadline a stage's batch runs under, in seconds.
+
+        embed: its batch deadline plus one message's; sync: one page of 500 messages (each call
+        has its own deadline, whatever the mailbox's size).
+        """
+        embed = self.embed + min(self.embed_record, self.embed)
+        return max(self.normalize, self.extract, embed, self.insight, self.sync_for(_SYNC_PAGE))
+
 
 class Settings(BaseSettings):
     """Everything inboxflow reads from the environment. Defaults work on the local stack."""
@@ -58,6 +74,23 @@ class Settings(BaseSettings):
         ),
         description="Kafka bootstrap servers, comma separated.",
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How every Kafka client connects (managed clusters: SASL_SSL)."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism for the SASL_* protocols."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    kafka_ssl_cafile: str | None = Field(
+        None,
+        description="PEM file of the CA(s) that signed the brokers' certificates; unset: "
+        "the system's trust store.",
+    )
+    kafka_ssl_certfile: str | None = Field(
+        None, description="PEM client certificate, for brokers that require mutual TLS."
+    )
+    kafka_ssl_keyfile: str | None = Field(None, description="PEM key of the client certificate.")
     database_url: SecretStr = Field(
         SecretStr("postgresql://postgres@127.0.0.1:5432/inboxflow"),
         validation_alias=AliasChoices("DATABASE_URL", "INBOXFLOW_DATABASE_URL"),
@@ -96,6 +129,25 @@ class Settings(BaseSettings):
     gmail_credentials_dir: str | None = Field(
         None,
         description="Folder of per-user OAuth token JSON files; unset means anonymous (emulator).",
+    )
+    gmail_oauth_client_file: str | None = Field(
+        None,
+        description="The OAuth client (installed app) JSON from the Google Cloud console; "
+        "`accounts add --oauth` runs its consent flow.",
+    )
+    token_key: SecretStr | None = Field(
+        None,
+        description="Key that encrypts Gmail tokens in Postgres (32 bytes, URL-safe base64; "
+        "`inboxflow accounts new-key` makes one).",
+    )
+    token_previous_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated earlier token keys: they still decrypt until "
+        "`inboxflow accounts rotate-key` has re-encrypted every token with INBOXFLOW_TOKEN_KEY.",
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description="Log lines as JSON objects or text; auto: text on a terminal, else JSON.",
     )
     gmail_pubsub_topic: str | None = Field(
         None,
@@ -165,6 +217,25 @@ class Settings(BaseSettings):
     gmail_quota_window_seconds: float = Field(
         60.0, description="Gmail quota window; the per-user ceiling applies per window."
     )
+    backfill_quota_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Most of each user's Gmail quota a backfill (`inboxflow backfill`) may "
+        "spend; live syncs and fetches always have the rest.",
+    )
+    backfill_batch_size: int = Field(
+        25,
+        ge=1,
+        description="Backfill messages the sync agent fetches at once (live ones: "
+        "INBOXFLOW_BATCH_SIZE).",
+    )
+    backfill_messages_per_second: float = Field(
+        10.0,
+        gt=0,
+        description="Most backfill messages one sync worker fetches a second, over all users: "
+        "the backfill's share of downstream capacity (normalize, extract, embed, insight).",
+    )
     batch_size: int = Field(100, description="Records an agent takes at once.")
     batch_wait: float = Field(0.2, description="Seconds an agent waits to fill a batch.")
     sync_max_staleness: float = Field(
@@ -184,7 +255,46 @@ class Settings(BaseSettings):
         description="Kafka consumer session timeout: how soon a crashed worker's partitions move.",
     )
     timeouts: StageTimeouts = StageTimeouts()
-    metrics_port: int = Field(0, description="Prometheus metrics port for workers; 0 disables.")
+    metrics_port: int = Field(
+        0,
+        description="Port of a worker's /metrics, /healthz and /readyz (`worker` gives process "
+        "i port + i); 0 disables.",
+    )
+    health_host: str = Field(
+        "127.0.0.1",
+        description="Interface the metrics and health endpoints listen on (0.0.0.0 in a "
+        "container, for the orchestrator's probes).",
+    )
+    liveness_stall_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds a partition may hold waiting records without an ack or commit "
+        "before /healthz fails; unset: the longest stage deadline plus 120 s (480 by default). "
+        "Must exceed the longest stage deadline.",
+    )
     sink_emails: bool = Field(
         False, description="The contacts sink also writes EmailNormalized into the emails table."
     )
+
+    @model_validator(mode="after")
+    def _stall_bound_exceeds_deadlines(self) -> Settings:
+        longest = self.timeouts.longest_deadline()
+        bound = self.liveness_stall_seconds
+        if bound is not None and bound <= longest:
+            raise ValueError(
+                f"INBOXFLOW_LIVENESS_STALL_SECONDS={bound:g} would fail /healthz on a healthy "
+                f"batch: the longest stage deadline (INBOXFLOW_TIMEOUTS__*) is {longest:g}s. "
+                f"Operator action: set it above {longest:g} or leave it unset"
+            )
+        return self
+
+    def stall_bound(self) -> float:
+        """Return the liveness bound: the setting, or what a healthy batch can take plus a margin.
+
+        The worst healthy batch: the longest stage deadline, the runner's guard beyond embed's
+        own deadlines, and the wait on an open circuit breaker before it starts.
+        """
+        if self.liveness_stall_seconds is not None:
+            return self.liveness_stall_seconds
+        worst = self.timeouts.longest_deadline() + _EMBED_GUARD_SECONDS + _BREAKER_MAX_WAIT_SECONDS
+        return worst + LIVENESS_MARGIN_SECONDS

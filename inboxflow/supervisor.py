@@ -7,6 +7,7 @@ processes and stops them together, for single-machine deployments and the main j
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -17,10 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import faust
-from prometheus_client import start_http_server
+from mode import ServiceT
 
+from inboxflow.health import agent_health
+from inboxflow.logs import bind
 from inboxflow.settings import Settings
-from inboxflow.wiring import AGENTS, build_worker
+from inboxflow.wiring import AGENTS, build_worker, catalogue_from, kafka_from
+from schemas.errors import TransientError
+from streams.runtime.liveness import StallTracker, export_stalls
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +34,53 @@ SOURCES = ("scheduler",)  # processes that put events onto topics from outside t
 PUSH_SOURCE = "push-receiver"  # started too when a Pub/Sub topic is configured
 
 
+def check_kafka(settings: Settings) -> None:
+    """Authenticate to Kafka once before starting workers; fail fast on refused credentials.
+
+    faust (like the sinks) would log aiokafka's refusal and exit 1 without saying which setting
+    is wrong; one connection of our own first turns bad credentials or TLS files into one clear
+    error. An unreachable cluster is only logged: the workers wait for it as they always have.
+
+    Raises:
+        KafkaAuthError: the cluster refused the credentials or failed TLS verification.
+        KafkaConfigError: the INBOXFLOW_KAFKA_* settings contradict each other.
+    """
+    kafka = kafka_from(settings, client_id="inboxflow-preflight")
+    if kafka.security.protocol == "PLAINTEXT":
+        return  # nothing to refuse
+    try:
+        asyncio.run(kafka.check())
+    except TransientError as exc:
+        log.warning("kafka not reachable yet, starting anyway: %s", exc)
+
+
 def run_agent(agent: str, settings: Settings, *, loglevel: str = "WARNING") -> None:
-    """Run one consumer group's faust worker in this process until SIGTERM or Ctrl-C."""
+    """Run one consumer group's faust worker in this process until SIGTERM or Ctrl-C.
+
+    Call ``check_kafka`` first: faust itself says nothing useful about refused credentials.
+    """
+    # Logging is the process's own (inboxflow.logs, configured by the CLI); the worker must not
+    # replace it: mode's Worker would clear the root handlers for colorlog ones
+    # (override_logging), and faust's start-up spinner writes cursor-control codes (ESC[?25l,
+    # backspaces) even when its output is a file.
+    group_id = catalogue_from(settings).group(agent).group_id
+    bind(agent=agent, group=group_id)
+    stalls = StallTracker(group_id, settings.stall_bound())
+    export_stalls(stalls)
+    app = build_worker(agent, settings, stalls=stalls)
+    # /metrics, /healthz and /readyz on the worker's own event loop (inboxflow.health).
+    services: list[ServiceT] = []
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
-    app = build_worker(agent, settings)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+        services.append(agent_health(app, settings, stalls))
+    worker = faust.Worker(
+        app,
+        *services,
+        loglevel=loglevel,
+        quiet=True,
+        redirect_stdouts=False,
+        override_logging=False,
+    )
+    worker.spinner = None  # faust then logs "Ready" instead of drawing on stdout
     worker.execute_from_commandline()
 
 

@@ -10,17 +10,21 @@ and fetching, so one process owns a user's Gmail quota); every other group runs 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import faust
+from google.auth.credentials import Credentials
 
 from db.agent_state import AgentState
+from db.token_cipher import KeyRing
 from inboxflow.settings import Settings
 from schemas.models import SyncRequested
 from schemas.serde import Serde, serde_for
 from streams.runtime.cpu_pool import CpuPool
+from streams.runtime.liveness import StallTracker
 from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.stage import Stage
 from streams.runtime.worker import BatchConfig, build_worker_app
@@ -34,13 +38,17 @@ from streams.stages.embedding import (
 from streams.stages.extract import ExtractStage
 from streams.stages.fetch import FetchStage
 from streams.stages.gmail.client import GmailClient, GmailClientConfig
+from streams.stages.gmail.credentials import CredentialsProvider
+from streams.stages.gmail.limiter import QuotaLimiter
 from streams.stages.insight import InsightStage
 from streams.stages.normalize import NormalizeStage
 from streams.stages.sync import SyncStage
 from topics.catalogue import Catalogue, build_catalogue
-from topics.kafka import KafkaClients
+from topics.kafka import KafkaClients, KafkaSecurity
 
 AGENTS = ("sync", "normalize", "extract", "embed", "insight")
+BACKFILL_LANE = "backfill"
+"""The Gmail client lane of backfill fetches (``INBOXFLOW_BACKFILL_QUOTA_SHARE`` of each user)."""
 
 
 def catalogue_from(settings: Settings, *, namespace: str | None = None) -> Catalogue:
@@ -54,8 +62,28 @@ def catalogue_from(settings: Settings, *, namespace: str | None = None) -> Catal
 
 
 def kafka_from(settings: Settings, *, client_id: str = "inboxflow") -> KafkaClients:
-    """Return the builder of every Kafka client, for the configured cluster."""
-    return KafkaClients(settings.kafka_bootstrap_servers, client_id=client_id)
+    """Return the builder of every Kafka client, for the configured cluster and its security.
+
+    Every client the project makes (faust apps, producers, consumers, admin clients, operator
+    tools) takes ``INBOXFLOW_KAFKA_SECURITY_PROTOCOL``, the SASL credentials and the TLS files
+    from here.
+
+    Raises:
+        KafkaConfigError: the security settings contradict each other (e.g. SASL_SSL without a
+            password, or a CA file with PLAINTEXT).
+    """
+    secret = settings.kafka_sasl_password
+    password = secret.get_secret_value() if secret is not None else None
+    security = KafkaSecurity(
+        protocol=settings.kafka_security_protocol,
+        mechanism=settings.kafka_sasl_mechanism,
+        username=settings.kafka_sasl_username or None,
+        password=password or None,
+        cafile=settings.kafka_ssl_cafile or None,
+        certfile=settings.kafka_ssl_certfile or None,
+        keyfile=settings.kafka_ssl_keyfile or None,
+    )
+    return KafkaClients(settings.kafka_bootstrap_servers, client_id=client_id, security=security)
 
 
 def serde_from(settings: Settings) -> Serde:
@@ -69,9 +97,43 @@ def serde_from(settings: Settings) -> Serde:
     return serde_for(settings.schema_registry_url)
 
 
-def gmail_client_from(settings: Settings) -> GmailClient:
-    """Return a Gmail client configured by the settings (the emulator's URL on the local stack)."""
+def token_keys_from(settings: Settings) -> KeyRing:
+    """Return the keys that encrypt Gmail tokens in Postgres: INBOXFLOW_TOKEN_KEY seals and opens,
+    INBOXFLOW_TOKEN_PREVIOUS_KEYS (comma-separated) only open, until ``accounts rotate-key``.
+
+    Raises:
+        TokenKeyFormatError: a key is not 32 bytes of URL-safe base64 (the value is not shown).
+    """
+    current, previous = settings.token_key, settings.token_previous_keys
+    return KeyRing.from_text(
+        current.get_secret_value() if current is not None else None,
+        previous.get_secret_value() if previous is not None else None,
+    )
+
+
+def gmail_credentials_from(settings: Settings) -> CredentialsProvider:
+    """Return where each user's Gmail credentials come from: the encrypted rows in Postgres,
+    else the token-file folder (``INBOXFLOW_GMAIL_CREDENTIALS_DIR``), else (only when the Gmail
+    endpoint is not Google's, i.e. the emulator) anonymous credentials.
+    """
+    host = urlsplit(settings.gmail_api_root).hostname or ""
+    return CredentialsProvider(
+        settings.database_url.get_secret_value(),
+        token_keys_from(settings),
+        token_dir=settings.gmail_credentials_dir,
+        allow_anonymous=not (host == "googleapis.com" or host.endswith(".googleapis.com")),
+    )
+
+
+def gmail_client_from(
+    settings: Settings, *, credentials_for: Callable[[str], Credentials] | None = None
+) -> GmailClient:
+    """Return a Gmail client configured by the settings (the emulator's URL on the local stack).
+
+    Credentials come from ``gmail_credentials_from`` unless ``credentials_for`` is given.
+    """
     window = settings.gmail_quota_window_seconds
+    provider = gmail_credentials_from(settings) if credentials_for is None else None
     return GmailClient(
         GmailClientConfig(
             api_root=settings.gmail_api_root,
@@ -79,7 +141,10 @@ def gmail_client_from(settings: Settings) -> GmailClient:
             user_units_per_window=int(settings.gmail_user_units_per_minute * window / 60),
             window_seconds=window,
             credentials_dir=settings.gmail_credentials_dir,
-        )
+            lane_shares={BACKFILL_LANE: settings.backfill_quota_share},
+        ),
+        credentials_for=credentials_for or provider,
+        forget_credentials=provider.forget if provider is not None else None,
     )
 
 
@@ -119,6 +184,7 @@ class Resources:
     _state: AgentState | None = None
     _embedder: EmbeddingProvider | None = None
     _cpu_pool: CpuPool | None = None
+    _backfill_pace: QuotaLimiter | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Resources:
@@ -131,6 +197,20 @@ class Resources:
         if self._gmail is None:
             self._gmail = gmail_client_from(self.settings)
         return self._gmail
+
+    @property
+    def backfill_pace(self) -> QuotaLimiter:
+        """Backfill messages this process may fetch, over all users (a bucket of messages)."""
+        if self._backfill_pace is None:
+            per_second = self.settings.backfill_messages_per_second
+            # One second's worth of messages a window: an idle lane bursts at most that much.
+            self._backfill_pace = QuotaLimiter(
+                units_per_window=max(1, round(per_second)),
+                window_seconds=max(1, round(per_second)) / per_second,
+                target_utilization=1.0,
+                burst_fraction=1.0,
+            )
+        return self._backfill_pace
 
     @property
     def state(self) -> AgentState:
@@ -191,6 +271,30 @@ def build_stages(agent: str, catalogue: Catalogue, resources: Resources) -> Mapp
                 fetched_topic=catalogue.message_fetched.name,
                 timeout=timeouts.normalize,
             ),
+            # The backfill lane: the same stages on topics of their own, so live requests and
+            # messages never queue behind it, fetching at a capped share of each user's quota
+            # (same client: the user's limiter still bounds both lanes together).
+            catalogue.backfill_requested.name: SyncStage(
+                serde=serde,
+                gmail=resources.gmail,
+                state=resources.state,
+                requests_topic=catalogue.backfill_requested.name,
+                discovered_topic=catalogue.backfill_discovered.name,
+                deleted_topic=catalogue.message_deleted.name,
+                labels_topic=catalogue.message_labels_changed.name,
+                deadline_for=timeouts.sync_for,
+                name="backfill",
+                backfill=True,
+            ),
+            catalogue.backfill_discovered.name: FetchStage(
+                serde=serde,
+                gmail=resources.gmail,
+                fetched_topic=catalogue.message_fetched.name,
+                timeout=timeouts.normalize,
+                name="backfill-fetch",
+                lane=BACKFILL_LANE,
+                pace=resources.backfill_pace,
+            ),
         }
     if agent == "normalize":
         stage: Stage = NormalizeStage(
@@ -231,8 +335,13 @@ def build_stages(agent: str, catalogue: Catalogue, resources: Resources) -> Mapp
     raise ValueError(f"unknown agent {agent!r}; one of {', '.join(AGENTS)}")
 
 
-def build_worker(agent: str, settings: Settings) -> faust.App:
-    """Return the faust app of consumer group ``agent``: its stages, retry relay and publisher."""
+def build_worker(
+    agent: str, settings: Settings, *, stalls: StallTracker | None = None
+) -> faust.App:
+    """Return the faust app of consumer group ``agent``: its stages, retry relay and publisher.
+
+    ``stalls`` learns when the agent's records wait and are acked (``/healthz``).
+    """
     catalogue = catalogue_from(settings)
     resources = Resources.from_settings(settings)
     group = catalogue.group(agent)
@@ -246,6 +355,14 @@ def build_worker(agent: str, settings: Settings) -> faust.App:
         on_stop=resources.close,
         serde=resources.serde,
         buffer_bytes=settings.worker_buffer_bytes,
+        stalls=stalls,
+        topic_batches={
+            # Two batches taken at a time: the lane is paced, and a rebalance or a stop waits
+            # until every taken record is acked.
+            catalogue.backfill_discovered.name: BatchConfig(
+                settings.backfill_batch_size, settings.batch_wait, window_batches=2
+            )
+        },
     )
 
 
@@ -277,6 +394,40 @@ async def request_syncs(
                 sync_id=sync_id,
                 full=full,
                 label_ids=list(label_ids),
+                reemit=reemit,
+                requested_at=now,
+            ),
+        )
+        for user, sync_id in zip(users, sync_ids, strict=True)
+    ]
+    try:
+        await publisher.publish(records)
+    finally:
+        await publisher.stop()
+    return sync_ids
+
+
+async def request_backfills(
+    settings: Settings, users: list[str], *, reemit: bool = False
+) -> list[str]:
+    """Produce one backfill (a full listing on the backfill lane) per user; return the sync ids.
+
+    Waits until Kafka has the requests. ``reemit`` fetches ids discovered before again too.
+    """
+    catalogue = catalogue_from(settings)
+    serde = serde_from(settings)
+    publisher = KafkaPublisher(kafka_from(settings, client_id="inboxflow-cli"))
+    sync_ids = [f"backfill-{uuid.uuid4().hex}" for _ in users]
+    now = datetime.now(UTC)
+    records = [
+        event_record(
+            serde,
+            catalogue.backfill_requested.name,
+            SyncRequested(
+                user_id=user,
+                sync_id=sync_id,
+                full=True,
+                reason="backfill",
                 reemit=reemit,
                 requested_at=now,
             ),

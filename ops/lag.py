@@ -37,12 +37,12 @@ class PartitionLag:
 
 
 async def group_lag(
-    bootstrap: str, group_id: str, topics: Sequence[str]
+    kafka: KafkaClients, group_id: str, topics: Sequence[str]
 ) -> dict[TopicPartition, PartitionLag]:
     """Return the group's lag on every partition of ``topics``. Reads only.
 
     Args:
-        bootstrap: Kafka bootstrap servers.
+        kafka: the cluster and its security (``inboxflow.wiring.kafka_from``).
         group_id: the consumer group (e.g. ``inboxflow-normalize``).
         topics: the topics it consumes (``ConsumerGroup.sources``, or its retry tiers).
 
@@ -50,7 +50,7 @@ async def group_lag(
         TransientError: Kafka unreachable.
         TopicNotFoundError: a topic does not exist.
     """
-    kafka = KafkaClients(bootstrap, client_id=OPERATOR_CLIENT_ID)
+    kafka = kafka.with_client_id(OPERATOR_CLIENT_ID)
     async with (
         kafka.started(kafka.consumer()) as consumer,
         kafka.started(kafka.admin()) as admin,

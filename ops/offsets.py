@@ -4,7 +4,8 @@ Finds a topic's partitions, reads a group's committed offsets and state (retryin
 coordinator is briefly unavailable), and commits offsets for a group from outside it: aiokafka's
 admin client cannot alter group offsets, so the commit comes from a consumer that joins no group
 (manual assignment, generation -1), which the broker refuses while the group has members. Every
-operator tool builds its clients with ``KafkaClients(bootstrap, client_id=OPERATOR_CLIENT_ID)``.
+operator tool takes a ``KafkaClients`` (the cluster and its security, from ``inboxflow.wiring``)
+and names its clients ``OPERATOR_CLIENT_ID``.
 This module must not produce records, decide which group may be moved (``ops.replay`` does), nor
 import the other ``ops`` modules: they import it.
 """

@@ -107,7 +107,7 @@ async def ensure_inactive(admin: AIOKafkaAdminClient, group_id: str) -> str:
 
 
 async def replay(
-    bootstrap: str,
+    kafka: KafkaClients,
     *,
     group_id: str,
     topics: Sequence[str],
@@ -120,7 +120,7 @@ async def replay(
     Idempotent: running it twice sets the same offsets (unless retention removed records).
 
     Args:
-        bootstrap: Kafka bootstrap servers.
+        kafka: the cluster and its security (``inboxflow.wiring.kafka_from``).
         group_id: the consumer group to rewind (must have no running members).
         topics: the topics whose offsets move (usually the group's sources).
         from_timestamp: timezone-aware time; each partition goes to its first record with a
@@ -139,7 +139,7 @@ async def replay(
         raise ValueError("give from_timestamp or to_earliest=True")
     if from_timestamp is not None and from_timestamp.tzinfo is None:
         raise ValueError("from_timestamp must be timezone-aware")
-    kafka = KafkaClients(bootstrap, client_id=OPERATOR_CLIENT_ID)
+    kafka = kafka.with_client_id(OPERATOR_CLIENT_ID)
     async with (
         # Joins no group: it only commits for ``group_id`` from outside (manual assignment).
         kafka.started(kafka.consumer(group_id=group_id)) as consumer,

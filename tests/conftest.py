@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from db.migrate import apply_migrations
 from devstack.postgres import PostgresServer
@@ -55,6 +56,30 @@ def stack() -> Iterator[Stack]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@pytest.fixture(scope="session")
+def secure_stack() -> Iterator[Stack]:
+    """A second stack, started on first use: Kafka on SASL_SSL only, Postgres on TLS only.
+
+    Both take certificates from a throwaway CA; ``client_env()`` holds the client settings
+    (user ``inboxflow`` with SCRAM-SHA-512, the CA file, a ``verify-full`` database URL).
+    """
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    running = start_stack(
+        kafka_bootstrap=None,
+        database_url=None,
+        mode="local",
+        cache_dir=Path(os.environ.get("INBOXFLOW_STATE_DIR", "~/.cache/inboxflow")).expanduser(),
+        die_with_parent=True,
+        secure=True,
+    )
+    try:
+        _create_template(running.database_url)
+        yield running
+    finally:
+        running.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _create_template(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(
@@ -67,6 +92,9 @@ def _create_template(database_url: str) -> None:
 
 
 def _with_database(url: str, database: str) -> str:
+    """Return ``url`` naming ``database``, keeping everything else (password, sslmode, ...)."""
+    if "://" not in url:  # libpq's keyword/value form: host=... sslmode=...
+        return make_conninfo(url, dbname=database)
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{database}"))
 

@@ -1,5 +1,9 @@
 """A whole pipeline for end-to-end tests: Gmail emulator, topics, every worker and sink as
-real processes on the session's Kafka and a database of its own."""
+real processes on the session's Kafka and a database of its own.
+
+The workers get the stack's client settings (``Stack.client_env``), so on a secure stack
+(``secure_stack``) they speak SASL_SSL to Kafka and TLS to Postgres like any other client.
+"""
 
 from __future__ import annotations
 
@@ -27,13 +31,14 @@ from inboxflow.progress import TERMINAL, job_counts
 from inboxflow.scheduling import register_accounts
 from inboxflow.settings import Settings
 from inboxflow.supervisor import ProcessGroup, start_all
-from inboxflow.wiring import catalogue_from, request_syncs, serde_from
+from inboxflow.wiring import catalogue_from, kafka_from, request_syncs, serde_from
 from schemas.models import Event
 from schemas.serde import Serde, serde_for
 from tests.conftest import TEMPLATE_DATABASE, _with_database
 from tests.helpers import wait_until
 from topics.admin import ensure_topics
 from topics.catalogue import Catalogue
+from topics.kafka import PLAINTEXT, KafkaClients, KafkaSecurity
 
 E = TypeVar("E", bound=Event)
 
@@ -86,7 +91,18 @@ class Pipeline:
 
     def read(self, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
         """Every record currently in ``topic``."""
-        return asyncio.run(read_topic(self.settings.kafka_bootstrap_servers, topic))
+        kafka = kafka_from(self.settings)
+        return asyncio.run(read_topic(kafka.bootstrap_servers, topic, security=kafka.security))
+
+    def produce(self, topic: str, key: str, value: bytes) -> None:
+        """Write one raw record to ``topic`` (bytes the workers may not be able to read)."""
+
+        async def send() -> None:
+            kafka = kafka_from(self.settings)
+            async with kafka.started(kafka.producer()) as producer:
+                await producer.send_and_wait(topic, value, key=key.encode())
+
+        asyncio.run(send())
 
     def events(self, topic: str, model: type[E]) -> list[E]:
         """Every event currently in ``topic``, decoded."""
@@ -110,9 +126,11 @@ def emulated_embeddings_env(
     }
 
 
-async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+async def read_topic(
+    bootstrap: str, topic: str, *, security: KafkaSecurity = PLAINTEXT
+) -> list[ConsumerRecord[bytes, bytes]]:
     """Read ``topic`` from the start up to its current end offsets."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaClients(bootstrap, security=security).consumer()
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic)
@@ -166,8 +184,16 @@ def running_pipeline(
     """
     namespace = f"e2e-{uuid.uuid4().hex[:8]}"
     database_url = _create_database(stack)
+    security = stack.kafka_security
     settings = Settings(
         kafka_bootstrap_servers=stack.kafka_bootstrap,
+        kafka_security_protocol=security.protocol,
+        kafka_sasl_mechanism=security.mechanism,
+        kafka_sasl_username=security.username,
+        kafka_sasl_password=security.password,
+        kafka_ssl_cafile=security.cafile,
+        kafka_ssl_certfile=security.certfile,
+        kafka_ssl_keyfile=security.keyfile,
         database_url=database_url,
         topic_namespace=namespace,
         topic_partitions=3,
@@ -177,10 +203,10 @@ def running_pipeline(
         schema_registry_url=schema_registry_url,
     )
     catalogue = catalogue_from(settings)
-    asyncio.run(ensure_topics(stack.kafka_bootstrap, catalogue.topics))
+    asyncio.run(ensure_topics(kafka_from(settings), catalogue.topics))
     worker_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("INBOXFLOW_")},
-        "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
+        **stack.client_env(),  # Kafka bootstrap and security (TLS, SASL) as the stack needs
         "DATABASE_URL": database_url,
         "INBOXFLOW_TOPIC_NAMESPACE": namespace,
         "INBOXFLOW_TOPIC_PARTITIONS": "3",

@@ -90,7 +90,7 @@ class _Existing:
 
 
 async def ensure_topics(
-    bootstrap_servers: str,
+    kafka: KafkaClients,
     specs: Iterable[TopicSpec],
     *,
     request_timeout_ms: int = 30_000,
@@ -99,17 +99,18 @@ async def ensure_topics(
     """Create or converge every topic in ``specs``; return what was done. Idempotent.
 
     Args:
-        bootstrap_servers: Kafka bootstrap servers, comma separated.
+        kafka: the cluster and its security (``inboxflow.wiring.kafka_from``).
         specs: topics to ensure (e.g. ``build_catalogue(...).topics``).
         request_timeout_ms: per admin request (default 30 s).
         client_id: client id the broker logs (default ``inboxflow-topics``).
 
     Raises:
         TransientError: the cluster cannot be reached.
+        KafkaAuthError: the cluster refused the credentials (``topics.kafka``).
         TopicAdminError: the cluster refused a creation or change (bad config, too few brokers).
     """
     wanted = _unique(specs)
-    kafka = KafkaClients(bootstrap_servers, client_id=client_id)
+    kafka = kafka.with_client_id(client_id)
     admin = kafka.admin(request_timeout_ms=request_timeout_ms)
     async with kafka.started(admin):
         return await _apply(admin, wanted, request_timeout_ms / 1000)

@@ -30,7 +30,7 @@ from aiokafka import TopicPartition
 
 from devstack.gmail_emulator.generator import generate_messages
 from inboxflow.settings import Settings
-from inboxflow.wiring import serde_from
+from inboxflow.wiring import kafka_from, serde_from
 from schemas.models import GmailMessageFetched
 from schemas.serde import Serde, serde_for
 from streams.stages.mime import normalized_event
@@ -79,9 +79,8 @@ def fetched_events(count: int, user: str = "bench@inboxflow.test") -> list[Gmail
 
 
 async def _produce(
-    bootstrap: str, topic: str, events: list[GmailMessageFetched], serde: Serde
+    kafka: KafkaClients, topic: str, events: list[GmailMessageFetched], serde: Serde
 ) -> None:
-    kafka = KafkaClients(bootstrap)
     async with kafka.started(kafka.producer()) as producer:
         for index, event in enumerate(events):
             # Spread over partitions (one user id would put everything on one).
@@ -89,10 +88,11 @@ async def _produce(
         await producer.flush()
 
 
-async def _output_times(bootstrap: str, topic: str, count: int, deadline: float) -> list[float]:
+async def _output_times(
+    kafka: KafkaClients, topic: str, count: int, deadline: float
+) -> list[float]:
     """Arrival time of each output record, read as they come."""
     arrivals: list[float] = []
-    kafka = KafkaClients(bootstrap)
     async with kafka.started(kafka.consumer(topic)) as consumer:
         while len(arrivals) < count and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
@@ -104,9 +104,9 @@ async def _output_times(bootstrap: str, topic: str, count: int, deadline: float)
 
 
 async def _naive_peer(
-    bootstrap: str, source: str, target: str, count: int, group: str, serde: Serde
+    kafka: KafkaClients, source: str, target: str, count: int, group: str, serde: Serde
 ) -> None:
-    kafka = KafkaClients(bootstrap, client_id="naive-peer")
+    kafka = kafka.with_client_id("naive-peer")
     async with (
         kafka.started(kafka.consumer(source, group_id=group)) as consumer,
         kafka.started(kafka.producer(enable_idempotence=False, linger_ms=0)) as producer,
@@ -152,7 +152,7 @@ async def _run_inboxflow(
     )  # fmt: skip
     try:
         arrivals = await _output_times(
-            settings.kafka_bootstrap_servers,
+            kafka_from(settings),
             catalogue.email_normalized.name,
             count,
             time.monotonic() + 600,
@@ -171,17 +171,19 @@ async def run_pipeline_bench(settings: Settings, messages: int = 2000) -> Pipeli
     serde = serde_from(settings)
     ours = build_catalogue(f"bench-{uuid.uuid4().hex[:8]}", partitions=_PARTITIONS)
     peer = build_catalogue(f"bench-peer-{uuid.uuid4().hex[:8]}", partitions=_PARTITIONS)
-    bootstrap = settings.kafka_bootstrap_servers
+    kafka = kafka_from(settings)
     for catalogue in (ours, peer):
-        await ensure_topics(bootstrap, catalogue.topics)
-        await _produce(bootstrap, catalogue.message_fetched.name, events, serde)
+        await ensure_topics(kafka, catalogue.topics)
+        await _produce(kafka, catalogue.message_fetched.name, events, serde)
 
     rate, startup, peak = await _run_inboxflow(settings, ours, messages)
 
     watcher = asyncio.create_task(
-        _output_times(bootstrap, peer.email_normalized.name, messages, time.monotonic() + 600)
+        _output_times(kafka, peer.email_normalized.name, messages, time.monotonic() + 600)
     )
-    argv = [bootstrap, peer.message_fetched.name, peer.email_normalized.name, str(messages)]
+    # The peer inherits this environment, so it takes the same INBOXFLOW_KAFKA_* security.
+    argv = [kafka.bootstrap_servers, peer.message_fetched.name, peer.email_normalized.name]
+    argv += [str(messages)]
     argv += [peer.normalize.group_id, settings.schema_registry_url or ""]
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "inboxflow.bench.pipeline", *argv,
@@ -205,7 +207,8 @@ def _peer_main(argv: list[str]) -> None:
     """Run the naive peer in its own process and print its peak RSS (MiB)."""
     bootstrap, source, target, count, group, registry_url = argv
     serde = serde_for(registry_url or None)
-    asyncio.run(_naive_peer(bootstrap, source, target, int(count), group, serde))
+    kafka = kafka_from(Settings(kafka_bootstrap_servers=bootstrap))
+    asyncio.run(_naive_peer(kafka, source, target, int(count), group, serde))
     print(_peak_rss_mib(os.getpid()))  # noqa: T201 - read by the parent process
 
 

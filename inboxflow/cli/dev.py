@@ -26,6 +26,8 @@ from devstack.stack import (
     write_state,
 )
 from inboxflow.settings import Settings
+from inboxflow.wiring import kafka_from
+from schemas.errors import InboxflowError
 
 
 def state_dir(settings: Settings) -> Path:
@@ -50,7 +52,13 @@ def dev() -> None:
 
 @dev.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
-def up(as_json: bool) -> None:
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="Kafka over SASL_SSL (SCRAM) and Postgres over TLS with passwords, certificates from a "
+    "throwaway CA; the client settings go to <work_dir>/client.env.",
+)
+def up(as_json: bool, secure: bool) -> None:
     """Start Kafka and Postgres on free loopback ports and apply migrations."""
     settings = _settings()
     path = state_file(settings)
@@ -63,6 +71,7 @@ def up(as_json: bool) -> None:
             mode=settings.stack,
             cache_dir=state_dir(settings),
             die_with_parent=False,
+            secure=secure,
         )
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -76,12 +85,18 @@ def up(as_json: bool) -> None:
         click.echo(json.dumps({**stack.state(), "migrations_applied": applied}))
         return
     click.echo(f"Started {' and '.join(stack.started)}.")
-    click.echo(f"  Kafka bootstrap: {stack.kafka_bootstrap}")
-    click.echo(f"  Database URL:    {stack.database_url}")
+    click.echo(f"  Kafka bootstrap: {stack.kafka_bootstrap} ({stack.kafka_security.describe()})")
+    click.echo(f"  Database URL:    {stack.state()['database_url']}")
+    if stack.kafka_security.cafile:
+        click.echo(f"  CA certificate:  {stack.kafka_security.cafile}")
     click.echo(f"  Migrations applied: {len(applied)}")
     click.echo("Use them with:")
-    click.echo(f"  export KAFKA_BOOTSTRAP_SERVERS={stack.kafka_bootstrap}")
-    click.echo(f"  export DATABASE_URL={stack.database_url}")
+    if stack.secure and stack.client_env_path is not None:
+        # Passwords stay in the owner-only file instead of the terminal's scrollback.
+        click.echo(f"  set -a; . {stack.client_env_path}; set +a")
+    else:
+        click.echo(f"  export KAFKA_BOOTSTRAP_SERVERS={stack.kafka_bootstrap}")
+        click.echo(f"  export DATABASE_URL={stack.database_url}")
     click.echo("Stop with: inboxflow dev down")
 
 
@@ -139,8 +154,11 @@ def status(as_json: bool) -> None:
     if not state.get("kafka_bootstrap"):
         click.echo("No stack is up (run `inboxflow dev up`).")
         return
-    click.echo(f"Kafka {state['kafka_bootstrap']}: {_word(state['kafka_running'])}")
+    protocol = state.get("kafka_security_protocol") or "PLAINTEXT"
+    click.echo(f"Kafka {state['kafka_bootstrap']} ({protocol}): {_word(state['kafka_running'])}")
     click.echo(f"Postgres {state['database_url']}: {_word(state['postgres_running'])}")
+    if state.get("client_env"):
+        click.echo(f"Client settings: {state['client_env']}")
 
 
 def _word(running: bool) -> str:
@@ -150,11 +168,18 @@ def _word(running: bool) -> str:
 @dev.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
 def check(as_json: bool) -> None:
-    """Round-trip a record through Kafka and a row through Postgres on the configured stack."""
+    """Round-trip a record through Kafka and a row through Postgres on the configured stack.
+
+    Uses the configured security (INBOXFLOW_KAFKA_*, DATABASE_URL's sslmode): after
+    `set -a; . client.env` it checks a `dev up --secure` stack.
+    """
     settings = _settings()
-    result = asyncio.run(
-        round_trip(settings.kafka_bootstrap_servers, settings.database_url.get_secret_value())
-    )
+    try:
+        result = asyncio.run(
+            round_trip(kafka_from(settings), settings.database_url.get_secret_value())
+        )
+    except InboxflowError as exc:  # unreachable, refused credentials, contradictory settings
+        raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(result.as_dict()))
         return

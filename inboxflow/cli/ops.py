@@ -16,12 +16,13 @@ from typing import Any, TypeVar
 import click
 
 from inboxflow.settings import Settings
-from inboxflow.wiring import catalogue_from
+from inboxflow.wiring import catalogue_from, kafka_from
 from ops import dlq as dlq_lib
 from ops import lag as lag_lib
 from ops import replay as replay_lib
 from schemas.errors import InboxflowError, RetryClass
 from topics.catalogue import Catalogue, ConsumerGroup
+from topics.kafka import KafkaClients
 
 T = TypeVar("T")
 
@@ -33,6 +34,14 @@ def _settings() -> Settings:
 
 def _catalogue() -> Catalogue:
     return catalogue_from(_settings())
+
+
+def _kafka() -> KafkaClients:
+    """The cluster and its security, as every client of the project gets them."""
+    try:
+        return kafka_from(_settings())
+    except InboxflowError as exc:  # contradictory INBOXFLOW_KAFKA_* settings
+        raise click.ClickException(str(exc)) from exc
 
 
 def _group(name: str) -> ConsumerGroup:
@@ -75,7 +84,7 @@ def dlq() -> None:
 @_json_option
 def list_command(as_json: bool) -> None:
     """Print every dead-letter topic: pending records per error class, oldest and newest."""
-    summaries = _run(dlq_lib.list_dlqs(_settings().kafka_bootstrap_servers, _catalogue()))
+    summaries = _run(dlq_lib.list_dlqs(_kafka(), _catalogue()))
     if as_json:
         _echo_json([summary.to_dict() for summary in summaries])
         return
@@ -106,7 +115,7 @@ def show(group: str, limit: int, partition: int | None, offset: int | None, as_j
     topic = _group(group).dlq.name
     letters = _run(
         dlq_lib.read_dlq(
-            _settings().kafka_bootstrap_servers,
+            _kafka(),
             topic,
             limit=limit,
             partition=partition,
@@ -160,7 +169,7 @@ def redrive_command(
     """Send GROUP's dead letters to its first retry tier, due now (dry run unless --execute)."""
     report = _run(
         dlq_lib.redrive(
-            _settings().kafka_bootstrap_servers,
+            _kafka(),
             _group(group),
             dry_run=not execute,
             rate_per_second=rate,
@@ -196,11 +205,7 @@ def redrive_command(
 @_json_option
 def purge_command(group: str, execute: bool, delete: bool, as_json: bool) -> None:
     """Mark every record now in GROUP's DLQ handled, so no redrive sends it."""
-    report = _run(
-        dlq_lib.purge(
-            _settings().kafka_bootstrap_servers, _group(group), dry_run=not execute, delete=delete
-        )
-    )
+    report = _run(dlq_lib.purge(_kafka(), _group(group), dry_run=not execute, delete=delete))
     if as_json:
         _echo_json(report.to_dict())
         return
@@ -238,7 +243,7 @@ def replay_command(
     consumer_group = _group(group)
     plan = _run(
         replay_lib.replay(
-            _settings().kafka_bootstrap_servers,
+            _kafka(),
             group_id=consumer_group.group_id,
             topics=[source.name for source in consumer_group.sources],
             from_timestamp=_parse_time(from_text) if from_text else None,
@@ -265,7 +270,7 @@ def replay_command(
 @_json_option
 def lag(as_json: bool) -> None:
     """Print each consumer group's lag on its sources and its retry relay's lag on its tiers."""
-    rows = _run(_all_lags(_settings().kafka_bootstrap_servers, _catalogue()))
+    rows = _run(_all_lags(_kafka(), _catalogue()))
     if as_json:
         _echo_json(rows)
         return
@@ -273,14 +278,14 @@ def lag(as_json: bool) -> None:
         click.echo(f"{row['group_id']:<36} {row['lag']:>10}  {', '.join(row['topics'])}")
 
 
-async def _all_lags(bootstrap: str, catalogue: Catalogue) -> list[dict[str, Any]]:
+async def _all_lags(kafka: KafkaClients, catalogue: Catalogue) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for group in catalogue.groups:
         pairs = [(group.group_id, [s.name for s in group.sources])]
         if group.retry_topics:
             pairs.append((group.retry_group_id, [t.name for t in group.retry_topics]))
         for group_id, topics in pairs:
-            lags = await lag_lib.group_lag(bootstrap, group_id, topics)
+            lags = await lag_lib.group_lag(kafka, group_id, topics)
             rows.append(
                 {
                     "group_id": group_id,

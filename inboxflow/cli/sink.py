@@ -8,21 +8,28 @@ encode with) and runs ``sinks.base.PostgresSink``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from typing import Any
 
 import click
-from prometheus_client import start_http_server
 
+from inboxflow.health import HealthServer, sink_health
+from inboxflow.logs import bind
 from inboxflow.settings import Settings
+from inboxflow.supervisor import check_kafka
 from inboxflow.wiring import catalogue_from, kafka_from, serde_from
+from schemas.errors import InboxflowError
 from schemas.serde import Serde
 from sinks.base import PostgresSink, RowWriter, SinkConfig
 from sinks.contacts import ContactsWriter, EmailsWriter
 from sinks.job_state import JobStateWriter, WriteMethod
 from sinks.mailbox_changes import DeletionsWriter, LabelsWriter
 from sinks.metrics import SinkMetrics
+from streams.runtime.liveness import StallTracker, export_stalls
 from topics.catalogue import Catalogue, ConsumerGroup
+
+log = logging.getLogger(__name__)
 
 
 @click.group("sink")
@@ -166,17 +173,35 @@ def _run(
     metrics_port: int | None,
     settings: Settings,
 ) -> None:
+    try:
+        check_kafka(settings)  # refused credentials: one clear line, not a traceback
+    except InboxflowError as exc:
+        raise click.ClickException(str(exc)) from exc
     port = settings.metrics_port if metrics_port is None else metrics_port
-    if port:
-        start_http_server(port)
-    click.echo(f"sink {name}: group {config.group_id}, topics {', '.join(sorted(writers))}")
-    asyncio.run(_serve(PostgresSink(config, writers, SinkMetrics(name))))
-    click.echo(f"sink {name}: stopped")
+    bind(sink=name, group=config.group_id)
+    topics = ", ".join(sorted(writers))
+    log.info("sink started sink=%s group=%s topics=%s", name, config.group_id, topics)
+    stalls = StallTracker(config.group_id, settings.stall_bound())
+    export_stalls(stalls)
+    postgres_sink = PostgresSink(config, writers, SinkMetrics(name), progress=stalls)
+    health = (
+        sink_health(postgres_sink, settings, group_id=config.group_id, port=port, stalls=stalls)
+        if port
+        else None
+    )
+    asyncio.run(_serve(postgres_sink, health))
+    log.info("sink stopped sink=%s group=%s", name, config.group_id)
 
 
-async def _serve(postgres_sink: PostgresSink) -> None:
+async def _serve(postgres_sink: PostgresSink, health: HealthServer | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await postgres_sink.run(stop)
+    if health is not None:
+        await health.start()  # /metrics, /healthz, /readyz on the sink's own loop
+    try:
+        await postgres_sink.run(stop)
+    finally:
+        if health is not None:
+            await health.stop()

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from inboxflow.settings import Settings
-from inboxflow.wiring import catalogue_from
+from inboxflow.wiring import catalogue_from, kafka_from
 from schemas.errors import InboxflowError, RetryClass, RetryPolicy
 from topics.admin import ApplyReport, ensure_topics
 from topics.asyncapi import render_asyncapi
@@ -49,9 +49,8 @@ def topics() -> None:
 def apply(namespace: str | None, as_json: bool) -> None:
     """Create missing topics and converge configs and partitions (idempotent)."""
     catalogue = _catalogue(namespace)
-    bootstrap = _settings().kafka_bootstrap_servers
     try:
-        report = asyncio.run(ensure_topics(bootstrap, catalogue.topics))
+        report = asyncio.run(ensure_topics(kafka_from(_settings()), catalogue.topics))
     except InboxflowError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:

@@ -13,8 +13,9 @@ import psycopg
 from db.accounts import Account, AccountState, find_accounts
 from inboxflow.scheduling import run_scheduler
 from inboxflow.settings import Settings
-from inboxflow.supervisor import run_agent, start_all
+from inboxflow.supervisor import check_kafka, run_agent, start_all
 from inboxflow.wiring import AGENTS, request_syncs
+from schemas.errors import InboxflowError
 
 
 @click.command()
@@ -27,6 +28,11 @@ from inboxflow.wiring import AGENTS, request_syncs
 @click.pass_obj
 def worker(settings: Settings, agent: str | None) -> None:
     """Run the pipeline's consumer groups against the configured Kafka, Postgres and Gmail."""
+    try:
+        # Before faust or any child starts, so refused credentials are one clear line.
+        check_kafka(settings)
+    except InboxflowError as exc:  # refused credentials, bad TLS files: one line, exit 1
+        raise click.ClickException(str(exc)) from exc
     if agent is not None:
         run_agent(agent, settings)
         return
@@ -57,6 +63,10 @@ def scheduler(settings: Settings) -> None:
     Run one per replica: they elect one (a Postgres advisory lock), and another takes over when
     it dies. `inboxflow worker` starts one beside the agents.
     """
+    try:
+        check_kafka(settings)  # refused credentials: one clear line, not a traceback
+    except InboxflowError as exc:
+        raise click.ClickException(str(exc)) from exc
     asyncio.run(run_scheduler(settings))
 
 

@@ -134,7 +134,7 @@ async def scan(
 
 
 async def read_dlq(
-    bootstrap: str,
+    kafka: KafkaClients,
     topic: str,
     *,
     limit: int,
@@ -144,7 +144,7 @@ async def read_dlq(
     """Return up to ``limit`` records of a dead-letter topic, oldest timestamp first. Reads only.
 
     Args:
-        bootstrap: Kafka bootstrap servers.
+        kafka: the cluster and its security (``inboxflow.wiring.kafka_from``).
         topic: the dead-letter topic (``ConsumerGroup.dlq.name``).
         limit: most records returned.
         partition: only this partition.
@@ -158,7 +158,7 @@ async def read_dlq(
         raise ValueError("offset needs a partition")
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    kafka = KafkaClients(bootstrap, client_id=OPERATOR_CLIENT_ID)
+    kafka = kafka.with_client_id(OPERATOR_CLIENT_ID)
     async with (
         kafka.started(kafka.consumer()) as consumer,
         kafka.started(kafka.admin()) as admin,

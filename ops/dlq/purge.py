@@ -56,7 +56,7 @@ class PurgeReport:
 
 
 async def purge(
-    bootstrap: str, group: ConsumerGroup, *, dry_run: bool = True, delete: bool = False
+    kafka: KafkaClients, group: ConsumerGroup, *, dry_run: bool = True, delete: bool = False
 ) -> PurgeReport:
     """Mark everything now in ``group``'s DLQ handled, so no redrive sends it.
 
@@ -69,7 +69,7 @@ async def purge(
         TransientError: Kafka unreachable.
         OffsetCommitError: the broker refused the commit.
     """
-    kafka = KafkaClients(bootstrap, client_id=OPERATOR_CLIENT_ID)
+    kafka = kafka.with_client_id(OPERATOR_CLIENT_ID)
     async with (
         kafka.started(kafka.consumer(group_id=redrive_group_id(group))) as consumer,
         kafka.started(kafka.admin()) as admin,

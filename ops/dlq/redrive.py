@@ -215,7 +215,7 @@ class _Redrive:
 
 
 async def redrive(
-    bootstrap: str,
+    kafka: KafkaClients,
     group: ConsumerGroup,
     *,
     dry_run: bool = True,
@@ -233,7 +233,7 @@ async def redrive(
     idempotent). A dry run reads the same records and commits nothing.
 
     Args:
-        bootstrap: Kafka bootstrap servers.
+        kafka: the cluster and its security (``inboxflow.wiring.kafka_from``).
         group: the consumer group whose DLQ is redriven.
         dry_run: only count what would move (default).
         rate_per_second: most records sent per second (keep it a few percent of live traffic);
@@ -260,7 +260,7 @@ async def redrive(
         replay_id=replay_id or f"redrive-{uuid.uuid4().hex[:12]}",
         dry_run=dry_run,
     )
-    kafka = KafkaClients(bootstrap, client_id=OPERATOR_CLIENT_ID)
+    kafka = kafka.with_client_id(OPERATOR_CLIENT_ID)
     async with (
         kafka.started(kafka.consumer(group_id=redrive_group_id(group))) as consumer,
         kafka.started(kafka.admin()) as admin,

@@ -51,7 +51,7 @@ class DlqSummary:
         }
 
 
-async def list_dlqs(bootstrap: str, catalogue: Catalogue) -> list[DlqSummary]:
+async def list_dlqs(kafka: KafkaClients, catalogue: Catalogue) -> list[DlqSummary]:
     """Return a summary of every group's dead-letter topic, in pipeline order. Reads only.
 
     Reads every pending record (headers are where the error class is), so it costs one pass over
@@ -60,7 +60,7 @@ async def list_dlqs(bootstrap: str, catalogue: Catalogue) -> list[DlqSummary]:
     Raises:
         TransientError: Kafka unreachable.
     """
-    kafka = KafkaClients(bootstrap, client_id=OPERATOR_CLIENT_ID)
+    kafka = kafka.with_client_id(OPERATOR_CLIENT_ID)
     async with (
         kafka.started(kafka.consumer()) as consumer,
         kafka.started(kafka.admin()) as admin,

@@ -15,6 +15,13 @@ import faust
 from topics.kafka import KafkaClients
 
 
+class _App(faust.App):
+    async def on_first_start(self) -> None:
+        # faust's only first-start step makes ``<app_id>-data/`` in the working directory for
+        # table stores; with no tables it is litter, one folder per consumer group and run.
+        return None
+
+
 def create_app(
     app_id: str,
     *,
@@ -30,7 +37,7 @@ def create_app(
 
     Args:
         app_id: the consumer group (``inboxflow-<agent>``); also faust's prefix for internal names.
-        kafka: the cluster's client settings.
+        kafka: the cluster's client settings, its security included.
         commit_interval: seconds between offset commits; the duplicate window after a crash.
         session_timeout: how long a crashed member keeps its partitions before they move.
         fetch_bytes: bytes fetched per partition at a time (aiokafka ``max_partition_fetch_bytes``;
@@ -42,7 +49,8 @@ def create_app(
         overrides: other faust settings, for tests and tuning.
     """
     settings: dict[str, Any] = {
-        "broker": kafka.faust_brokers(),
+        # The brokers and the transport security (TLS, SASL) every other client uses too.
+        **kafka.faust_settings(),
         # Consumer progress lives in Kafka; no tables, so no changelog recovery (faust bug #176).
         "store": "memory://",
         "topic_allow_declare": False,  # the catalogue creates topics, never faust
@@ -61,4 +69,4 @@ def create_app(
         "broker_heartbeat_interval": min(3.0, session_timeout / 3),
     }
     settings.update(overrides)
-    return faust.App(app_id, **settings)
+    return _App(app_id, **settings)

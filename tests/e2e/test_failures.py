@@ -21,7 +21,7 @@ from devstack.gmail_emulator.server import GmailEmulator
 from devstack.processes import free_port_block
 from devstack.stack import Stack
 from inboxflow.supervisor import SINKS
-from inboxflow.wiring import AGENTS
+from inboxflow.wiring import AGENTS, kafka_from
 from ops.dlq import redrive
 from schemas import headers as h
 from schemas.models import EmailNormalized, JobStateChanged, MessageDiscovered
@@ -280,9 +280,7 @@ def test_after_the_cause_is_fixed_redrive_completes_dead_records(
     finally:
         embedding_api._api_key = None  # the operator fixes the key
     group = embed_pipeline.catalogue.group("embed")
-    report = asyncio.run(
-        redrive(embed_pipeline.settings.kafka_bootstrap_servers, group, dry_run=False)
-    )
+    report = asyncio.run(redrive(kafka_from(embed_pipeline.settings), group, dry_run=False))
     assert report.moved >= total
     embed_pipeline.wait_settled([user], messages=total, timeout=180)
     assert embed_pipeline.jobs([user])["embed"] == {"done": total}

@@ -25,6 +25,7 @@ from tests.helpers import wait_until
 from tests.pipeline_support import read_topic
 from topics.admin import ensure_topics
 from topics.catalogue import build_catalogue
+from topics.kafka import KafkaClients
 
 ROOT = Path(__file__).resolve().parents[2]
 USER = "cli-push@inboxflow.test"
@@ -80,7 +81,7 @@ def test_the_receiver_turns_a_signed_push_into_a_sync_request(
 ) -> None:
     namespace = unique_name("t")
     topic = build_catalogue(namespace, partitions=1).sync_requested
-    asyncio.run(ensure_topics(kafka_bootstrap, [topic]))
+    asyncio.run(ensure_topics(KafkaClients(kafka_bootstrap), [topic]))
     asyncio.run(_add_account(database_url, USER))
     port = _free_port()
     process = _receiver(

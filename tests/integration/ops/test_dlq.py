@@ -63,7 +63,7 @@ class Letter:
 async def _catalogue(bootstrap: str, namespace: str, ladders: Any = None) -> Catalogue:
     catalogue = build_catalogue(namespace, partitions=2, retry_ladders=ladders or LADDERS)
     group = catalogue.normalize
-    await ensure_topics(bootstrap, [*group.sources, *group.failure_topics])
+    await ensure_topics(KafkaClients(bootstrap), [*group.sources, *group.failure_topics])
     return catalogue
 
 
@@ -172,7 +172,7 @@ async def test_list_counts_pending_by_error_class(
     before = int(time.time() * 1000)
     await _put_dead_letters(kafka_bootstrap, catalogue.normalize, MIXED)
 
-    summaries = {s.agent: s for s in await list_dlqs(kafka_bootstrap, catalogue)}
+    summaries = {s.agent: s for s in await list_dlqs(KafkaClients(kafka_bootstrap), catalogue)}
 
     normalize = summaries["normalize"]
     assert normalize.exists
@@ -190,7 +190,7 @@ async def test_show_decodes_context(kafka_bootstrap: str, unique_name: Callable[
     group = catalogue.normalize
     outs = await _put_dead_letters(kafka_bootstrap, group, [(1, RetryClass.TRANSIENT)], first=41)
 
-    [letter] = await read_dlq(kafka_bootstrap, group.dlq.name, limit=10)
+    [letter] = await read_dlq(KafkaClients(kafka_bootstrap), group.dlq.name, limit=10)
 
     assert isinstance(letter, DeadLetter)
     assert (letter.partition, letter.offset) == (1, 0)
@@ -214,15 +214,15 @@ async def test_show_reads_from_partition_and_offset(
     topic = catalogue.normalize.dlq.name
     await _put_dead_letters(kafka_bootstrap, catalogue.normalize, MIXED)
 
-    all_records = await read_dlq(kafka_bootstrap, topic, limit=100)
-    limited = await read_dlq(kafka_bootstrap, topic, limit=2)
-    tail = await read_dlq(kafka_bootstrap, topic, limit=100, partition=0, offset=1)
+    all_records = await read_dlq(KafkaClients(kafka_bootstrap), topic, limit=100)
+    limited = await read_dlq(KafkaClients(kafka_bootstrap), topic, limit=2)
+    tail = await read_dlq(KafkaClients(kafka_bootstrap), topic, limit=100, partition=0, offset=1)
 
     assert len(all_records) == 5
     assert len(limited) == 2
     assert [(d.partition, d.offset) for d in tail] == [(0, 1), (0, 2)]
     with pytest.raises(TopicNotFoundError):
-        await read_dlq(kafka_bootstrap, catalogue.extract.dlq.name, limit=1)
+        await read_dlq(KafkaClients(kafka_bootstrap), catalogue.extract.dlq.name, limit=1)
 
 
 # --- redrive ----------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ async def test_dry_run_redrive_moves_nothing(
     group = catalogue.normalize
     await _put_dead_letters(kafka_bootstrap, group, MIXED)
 
-    report = await redrive(kafka_bootstrap, group)  # dry run is the default
+    report = await redrive(KafkaClients(kafka_bootstrap), group)  # dry run is the default
 
     assert report.dry_run
     assert report.moved == 5
@@ -243,9 +243,13 @@ async def test_dry_run_redrive_moves_nothing(
     assert report.by_partition == {0: 3, 1: 2}
     assert report.target_topic == group.retry_tiers[0].topic
     assert await _read_all(kafka_bootstrap, group.retry_tiers[0].topic) == []
-    [summary] = [s for s in await list_dlqs(kafka_bootstrap, catalogue) if s.agent == "normalize"]
+    [summary] = [
+        s
+        for s in await list_dlqs(KafkaClients(kafka_bootstrap), catalogue)
+        if s.agent == "normalize"
+    ]
     assert summary.pending == 5  # nothing committed
-    again = await redrive(kafka_bootstrap, group)
+    again = await redrive(KafkaClients(kafka_bootstrap), group)
     assert again.moved == 5
 
 
@@ -258,7 +262,7 @@ async def test_redrive_sends_identical_records_to_first_tier_once(
     tier = group.retry_tiers[0].topic
 
     started_ms = int(time.time() * 1000)
-    report = await redrive(kafka_bootstrap, group, dry_run=False, replay_id="op-42")
+    report = await redrive(KafkaClients(kafka_bootstrap), group, dry_run=False, replay_id="op-42")
     finished_ms = int(time.time() * 1000)
 
     assert (report.moved, report.failed, report.stopped) == (5, 0, None)
@@ -280,15 +284,19 @@ async def test_redrive_sends_identical_records_to_first_tier_once(
         assert h.header_value(headers, h.REPLAY_ID) == "op-42"
         assert h.header_value(headers, h.RETRY_TOPIC) == tier
 
-    second = await redrive(kafka_bootstrap, group, dry_run=False)
+    second = await redrive(KafkaClients(kafka_bootstrap), group, dry_run=False)
     assert (second.moved, second.already_redriven) == (0, 5)
     assert len(await _read_all(kafka_bootstrap, tier)) == 5
 
     await _put_dead_letters(kafka_bootstrap, group, [(1, RetryClass.QUOTA)], first=100)
-    third = await redrive(kafka_bootstrap, group, dry_run=False)
+    third = await redrive(KafkaClients(kafka_bootstrap), group, dry_run=False)
     assert (third.moved, third.by_error_class) == (1, {"quota": 1})
     assert len(await _read_all(kafka_bootstrap, tier)) == 6
-    [summary] = [s for s in await list_dlqs(kafka_bootstrap, catalogue) if s.agent == "normalize"]
+    [summary] = [
+        s
+        for s in await list_dlqs(KafkaClients(kafka_bootstrap), catalogue)
+        if s.agent == "normalize"
+    ]
     assert (summary.records, summary.pending) == (6, 0)
 
 
@@ -300,12 +308,18 @@ async def test_redrive_by_error_class_leaves_the_others_pending(
     await _put_dead_letters(kafka_bootstrap, group, MIXED)
     tier = group.retry_tiers[0].topic
 
-    permanent = await redrive(kafka_bootstrap, group, dry_run=False, error_class="permanent")
+    permanent = await redrive(
+        KafkaClients(kafka_bootstrap), group, dry_run=False, error_class="permanent"
+    )
     assert (permanent.moved, permanent.other_class) == (3, 2)
-    [summary] = [s for s in await list_dlqs(kafka_bootstrap, catalogue) if s.agent == "normalize"]
+    [summary] = [
+        s
+        for s in await list_dlqs(KafkaClients(kafka_bootstrap), catalogue)
+        if s.agent == "normalize"
+    ]
     assert summary.by_error_class == {"transient": 2}
 
-    rest = await redrive(kafka_bootstrap, group, dry_run=False)
+    rest = await redrive(KafkaClients(kafka_bootstrap), group, dry_run=False)
     assert (rest.moved, rest.already_redriven, rest.by_error_class) == (2, 3, {"transient": 2})
     sent = await _read_all(kafka_bootstrap, tier)
     assert sorted(h.header_value(m.headers, h.ERROR_CLASS) or "" for m in sent) == [
@@ -315,7 +329,7 @@ async def test_redrive_by_error_class_leaves_the_others_pending(
         "transient",
         "transient",
     ]
-    assert (await redrive(kafka_bootstrap, group, dry_run=False)).moved == 0
+    assert (await redrive(KafkaClients(kafka_bootstrap), group, dry_run=False)).moved == 0
 
 
 async def test_redrive_limit_is_a_canary_then_the_rest(
@@ -325,8 +339,8 @@ async def test_redrive_limit_is_a_canary_then_the_rest(
     group = catalogue.normalize
     await _put_dead_letters(kafka_bootstrap, group, MIXED)
 
-    canary = await redrive(kafka_bootstrap, group, dry_run=False, limit=2)
-    rest = await redrive(kafka_bootstrap, group, dry_run=False)
+    canary = await redrive(KafkaClients(kafka_bootstrap), group, dry_run=False, limit=2)
+    rest = await redrive(KafkaClients(kafka_bootstrap), group, dry_run=False)
 
     assert canary.moved == 2
     assert rest.moved == 3
@@ -341,7 +355,9 @@ async def test_redrive_is_rate_limited(
     await _put_dead_letters(kafka_bootstrap, group, MIXED * 2)
 
     started = time.monotonic()
-    report = await redrive(kafka_bootstrap, group, dry_run=False, rate_per_second=10.0)
+    report = await redrive(
+        KafkaClients(kafka_bootstrap), group, dry_run=False, rate_per_second=10.0
+    )
     elapsed = time.monotonic() - started
 
     assert report.moved == 10
@@ -355,7 +371,7 @@ async def test_redrive_without_tiers_returns_to_the_source_topic(
     group = catalogue.normalize
     outs = await _put_dead_letters(kafka_bootstrap, group, [(1, RetryClass.TRANSIENT)])
 
-    report = await redrive(kafka_bootstrap, group, dry_run=False)
+    report = await redrive(KafkaClients(kafka_bootstrap), group, dry_run=False)
 
     assert not report.target_is_retry_tier
     [copy] = await _read_all(kafka_bootstrap, group.sources[0].name)
@@ -371,7 +387,7 @@ async def test_retry_relay_runs_a_redriven_record_as_its_next_attempt(
     catalogue = await _catalogue(kafka_bootstrap, unique_name("t"))
     group = catalogue.normalize
     [out] = await _put_dead_letters(kafka_bootstrap, group, [(1, RetryClass.TRANSIENT)])
-    await redrive(kafka_bootstrap, group, dry_run=False)
+    await redrive(KafkaClients(kafka_bootstrap), group, dry_run=False)
     ran: list[Record] = []
     stop = asyncio.Event()
 
@@ -415,12 +431,16 @@ async def test_refused_records_stay_pending_until_a_later_redrive(
         await admin.close()
 
     with pytest.raises(RedriveError, match="5 record"):
-        await redrive(kafka_bootstrap, group, dry_run=False)
-    [summary] = [s for s in await list_dlqs(kafka_bootstrap, catalogue) if s.agent == "normalize"]
+        await redrive(KafkaClients(kafka_bootstrap), group, dry_run=False)
+    [summary] = [
+        s
+        for s in await list_dlqs(KafkaClients(kafka_bootstrap), catalogue)
+        if s.agent == "normalize"
+    ]
     assert summary.pending == 5
 
-    await ensure_topics(kafka_bootstrap, [tier])  # back to the catalogue's configs
-    assert (await redrive(kafka_bootstrap, group, dry_run=False)).moved == 5
+    await ensure_topics(KafkaClients(kafka_bootstrap), [tier])  # back to the catalogue's configs
+    assert (await redrive(KafkaClients(kafka_bootstrap), group, dry_run=False)).moved == 5
 
 
 # --- purge ------------------------------------------------------------------------------------
@@ -433,19 +453,29 @@ async def test_purge_marks_everything_handled_and_keeps_records(
     group = catalogue.normalize
     await _put_dead_letters(kafka_bootstrap, group, MIXED)
 
-    planned = await purge(kafka_bootstrap, group)
+    planned = await purge(KafkaClients(kafka_bootstrap), group)
     assert (planned.dry_run, planned.total) == (True, 5)
-    assert (await redrive(kafka_bootstrap, group)).moved == 5  # the dry run changed nothing
+    assert (
+        await redrive(KafkaClients(kafka_bootstrap), group)
+    ).moved == 5  # the dry run changed nothing
 
-    done = await purge(kafka_bootstrap, group, dry_run=False)
+    done = await purge(KafkaClients(kafka_bootstrap), group, dry_run=False)
     assert (done.total, done.purged, done.deleted) == (5, {0: 3, 1: 2}, False)
-    [summary] = [s for s in await list_dlqs(kafka_bootstrap, catalogue) if s.agent == "normalize"]
+    [summary] = [
+        s
+        for s in await list_dlqs(KafkaClients(kafka_bootstrap), catalogue)
+        if s.agent == "normalize"
+    ]
     assert (summary.records, summary.pending) == (5, 0)
-    assert len(await read_dlq(kafka_bootstrap, group.dlq.name, limit=10)) == 5  # still readable
-    assert (await redrive(kafka_bootstrap, group, dry_run=False)).moved == 0
+    assert (
+        len(await read_dlq(KafkaClients(kafka_bootstrap), group.dlq.name, limit=10)) == 5
+    )  # still readable
+    assert (await redrive(KafkaClients(kafka_bootstrap), group, dry_run=False)).moved == 0
 
     await _put_dead_letters(kafka_bootstrap, group, [(0, RetryClass.TIMEOUT)], first=50)
-    assert (await redrive(kafka_bootstrap, group)).moved == 1  # later arrivals stay pending
+    assert (
+        await redrive(KafkaClients(kafka_bootstrap), group)
+    ).moved == 1  # later arrivals stay pending
 
 
 async def test_purge_after_partial_redrive_counts_only_pending(
@@ -454,14 +484,18 @@ async def test_purge_after_partial_redrive_counts_only_pending(
     catalogue = await _catalogue(kafka_bootstrap, unique_name("t"))
     group = catalogue.normalize
     await _put_dead_letters(kafka_bootstrap, group, MIXED)
-    await redrive(kafka_bootstrap, group, dry_run=False, error_class="transient")
+    await redrive(KafkaClients(kafka_bootstrap), group, dry_run=False, error_class="transient")
 
-    report = await purge(kafka_bootstrap, group, dry_run=False, delete=True)
+    report = await purge(KafkaClients(kafka_bootstrap), group, dry_run=False, delete=True)
 
     assert (report.total, report.deleted) == (3, True)
-    [summary] = [s for s in await list_dlqs(kafka_bootstrap, catalogue) if s.agent == "normalize"]
+    [summary] = [
+        s
+        for s in await list_dlqs(KafkaClients(kafka_bootstrap), catalogue)
+        if s.agent == "normalize"
+    ]
     assert (summary.records, summary.pending) == (0, 0)
-    assert await read_dlq(kafka_bootstrap, group.dlq.name, limit=10) == []
+    assert await read_dlq(KafkaClients(kafka_bootstrap), group.dlq.name, limit=10) == []
 
 
 # --- CLI --------------------------------------------------------------------------------------
@@ -598,4 +632,4 @@ def test_redrive_target_is_the_first_tier_or_the_original_source() -> None:
 async def test_redrive_refuses_a_rate_that_is_not_positive(rate: float) -> None:
     group = build_catalogue("ns", retry_ladders=LADDERS).normalize
     with pytest.raises(ValueError, match="positive"):  # before any connection: no broker here
-        await redrive("127.0.0.1:1", group, dry_run=False, rate_per_second=rate)
+        await redrive(KafkaClients("127.0.0.1:1"), group, dry_run=False, rate_per_second=rate)

@@ -36,7 +36,9 @@ PER_PARTITION = {0: 5, 1: 3}  # records p0 at BASE+0..4 s, p1 at BASE+0..2 s
 async def _source(bootstrap: str, namespace: str, *, all_topics: bool = False) -> Catalogue:
     """Create the catalogue's topics and put timestamped records on message-fetched."""
     catalogue = build_catalogue(namespace, partitions=2, retry_ladders=NO_RETRIES)
-    await ensure_topics(bootstrap, catalogue.topics if all_topics else [catalogue.message_fetched])
+    await ensure_topics(
+        KafkaClients(bootstrap), catalogue.topics if all_topics else [catalogue.message_fetched]
+    )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
@@ -78,7 +80,7 @@ async def _consume(bootstrap: str, group_id: str, topic: str, count: int) -> lis
 
 
 async def _committed(bootstrap: str, group_id: str, topic: str) -> dict[int, int | None]:
-    lags = await group_lag(bootstrap, group_id, [topic])
+    lags = await group_lag(KafkaClients(bootstrap), group_id, [topic])
     return {tp.partition: lag.committed for tp, lag in lags.items()}
 
 
@@ -88,7 +90,7 @@ async def test_group_lag_counts_what_the_group_has_not_consumed(
     catalogue = await _source(kafka_bootstrap, unique_name("t"))
     group_id, topic = catalogue.normalize.group_id, catalogue.message_fetched.name
 
-    before = await group_lag(kafka_bootstrap, group_id, [topic])
+    before = await group_lag(KafkaClients(kafka_bootstrap), group_id, [topic])
     assert {tp.partition: (lag.committed, lag.lag) for tp, lag in before.items()} == {
         0: (None, 5),
         1: (None, 3),
@@ -97,7 +99,7 @@ async def test_group_lag_counts_what_the_group_has_not_consumed(
 
     await _consume(kafka_bootstrap, group_id, topic, 8)
 
-    after = await group_lag(kafka_bootstrap, group_id, [topic])
+    after = await group_lag(KafkaClients(kafka_bootstrap), group_id, [topic])
     assert {tp.partition: (lag.committed, lag.end) for tp, lag in after.items()} == {
         0: (5, 5),
         1: (3, 3),
@@ -112,7 +114,7 @@ async def test_replay_to_earliest_rewinds_an_inactive_group(
     group_id, topic = catalogue.normalize.group_id, catalogue.message_fetched.name
     await _consume(kafka_bootstrap, group_id, topic, 8)
 
-    plan = await replay(kafka_bootstrap, group_id=group_id, topics=[topic])  # dry run
+    plan = await replay(KafkaClients(kafka_bootstrap), group_id=group_id, topics=[topic])  # dry run
 
     assert not plan.executed
     assert plan.group_state in {"Empty", "Dead"}
@@ -120,7 +122,9 @@ async def test_replay_to_earliest_rewinds_an_inactive_group(
     assert plan.records_to_reprocess == 8
     assert await _committed(kafka_bootstrap, group_id, topic) == {0: 5, 1: 3}
 
-    done = await replay(kafka_bootstrap, group_id=group_id, topics=[topic], dry_run=False)
+    done = await replay(
+        KafkaClients(kafka_bootstrap), group_id=group_id, topics=[topic], dry_run=False
+    )
 
     assert done.executed
     assert await _committed(kafka_bootstrap, group_id, topic) == {0: 0, 1: 0}
@@ -139,7 +143,11 @@ async def test_replay_to_a_timestamp_uses_the_first_record_at_or_after_it(
     when = datetime.fromtimestamp((BASE_MS + 3000) / 1000, UTC)
 
     plan = await replay(
-        kafka_bootstrap, group_id=group_id, topics=[topic], from_timestamp=when, dry_run=False
+        KafkaClients(kafka_bootstrap),
+        group_id=group_id,
+        topics=[topic],
+        from_timestamp=when,
+        dry_run=False,
     )
 
     # p0 has records at +3 s and +4 s; p1 ends at +2 s, so it stays at its end.
@@ -162,9 +170,13 @@ async def test_replay_refuses_an_active_group(
     try:
         await async_wait_until(member.assignment, timeout=60, message="member assigned")
         with pytest.raises(GroupActiveError, match="Operator action"):
-            await replay(kafka_bootstrap, group_id=group_id, topics=[topic], dry_run=False)
+            await replay(
+                KafkaClients(kafka_bootstrap), group_id=group_id, topics=[topic], dry_run=False
+            )
         with pytest.raises(GroupActiveError):
-            await replay(kafka_bootstrap, group_id=group_id, topics=[topic])  # dry runs check too
+            await replay(
+                KafkaClients(kafka_bootstrap), group_id=group_id, topics=[topic]
+            )  # dry runs check too
         assert await _committed(kafka_bootstrap, group_id, topic) == {0: 5, 1: 3}
     finally:
         await member.stop()
@@ -175,15 +187,20 @@ async def test_replay_refuses_an_active_group(
             return (await group_state(admin, group_id))[0] == "Empty"
 
     await async_wait_until(empty, timeout=60, message="group empty after the member left")
-    await replay(kafka_bootstrap, group_id=group_id, topics=[topic], dry_run=False)
+    await replay(KafkaClients(kafka_bootstrap), group_id=group_id, topics=[topic], dry_run=False)
     assert await _committed(kafka_bootstrap, group_id, topic) == {0: 0, 1: 0}
 
 
 async def test_replay_needs_an_aware_target() -> None:
     with pytest.raises(ValueError, match="from_timestamp or to_earliest"):
-        await replay("127.0.0.1:1", group_id="g", topics=["t"], to_earliest=False)
+        await replay(KafkaClients("127.0.0.1:1"), group_id="g", topics=["t"], to_earliest=False)
     with pytest.raises(ValueError, match="timezone-aware"):
-        await replay("127.0.0.1:1", group_id="g", topics=["t"], from_timestamp=datetime(2026, 1, 1))  # noqa: DTZ001
+        await replay(
+            KafkaClients("127.0.0.1:1"),
+            group_id="g",
+            topics=["t"],
+            from_timestamp=datetime(2026, 1, 1),  # noqa: DTZ001
+        )
 
 
 # --- CLI (synchronous: the commands run their own event loop) ---------------------------------

@@ -19,13 +19,14 @@ from schemas.models import EVENT_MODELS, Event, JobStateChanged
 from schemas.store import load_current_schema, schema_fingerprint
 from topics.admin import ensure_topics
 from topics.catalogue import Catalogue, build_catalogue
+from topics.kafka import KafkaClients
 
 pytestmark = pytest.mark.timeout(120)
 
 
 async def _catalogue_on_broker(bootstrap: str, namespace: str) -> Catalogue:
     catalogue = build_catalogue(namespace, partitions=1)
-    await ensure_topics(bootstrap, catalogue.event_topics)
+    await ensure_topics(KafkaClients(bootstrap), catalogue.event_topics)
     return catalogue
 
 

@@ -123,7 +123,7 @@ async def stack_factory(
 ) -> Callable[..., AbstractAsyncContextManager[PushStack]]:
     """Start receivers; the default one talks to the session's Kafka and the test's database."""
     catalogue = build_catalogue(unique_name("t"), partitions=1)
-    await ensure_topics(kafka_bootstrap, [catalogue.sync_requested])
+    await ensure_topics(KafkaClients(kafka_bootstrap), [catalogue.sync_requested])
     await add_accounts(database_url, USER)
     gmail_emulator.add_user(USER, messages=2, seed=3)
 

@@ -56,7 +56,7 @@ async def test_records_run_at_their_due_time_and_failures_climb_the_ladder(
     kafka_bootstrap: str, unique_name: Callable[..., str]
 ) -> None:
     catalogue = build_catalogue(unique_name("t"), partitions=2, retry_ladders={"normalize": [1, 2]})
-    await ensure_topics(kafka_bootstrap, catalogue.topics)
+    await ensure_topics(KafkaClients(kafka_bootstrap), catalogue.topics)
     group = catalogue.normalize
     first_tier = group.retry_tiers[0].topic
     stage = RecordingStage(fail_once={b"flaky"})

@@ -15,6 +15,7 @@ from inboxflow.cli import cli
 from schemas.errors import TransientError
 from topics.admin import ensure_topics
 from topics.catalogue import TopicSpec, build_catalogue
+from topics.kafka import KafkaClients
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -46,8 +47,8 @@ async def test_apply_creates_the_catalogue_then_changes_nothing(
     catalogue = build_catalogue(unique_name("t"), partitions=2)
     names = [spec.name for spec in catalogue.topics]
 
-    first = await ensure_topics(kafka_bootstrap, catalogue.topics)
-    second = await ensure_topics(kafka_bootstrap, catalogue.topics)
+    first = await ensure_topics(KafkaClients(kafka_bootstrap), catalogue.topics)
+    second = await ensure_topics(KafkaClients(kafka_bootstrap), catalogue.topics)
 
     assert sorted(first.created) == sorted(names)
     assert (first.updated, first.unchanged, first.warnings) == ([], [], [])
@@ -62,27 +63,31 @@ async def test_apply_converges_drifted_configs(
     kafka_bootstrap: str, unique_name: Callable[..., str], admin: AIOKafkaAdminClient
 ) -> None:
     spec = build_catalogue(unique_name("t"), partitions=1).job_state_changed
-    await ensure_topics(kafka_bootstrap, [spec])
+    await ensure_topics(KafkaClients(kafka_bootstrap), [spec])
     drifted = {**spec.configs, "retention.ms": "1000", "segment.ms": "600000"}
     await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, spec.name, drifted)])
 
-    report = await ensure_topics(kafka_bootstrap, [spec])
+    report = await ensure_topics(KafkaClients(kafka_bootstrap), [spec])
 
     [change] = report.updated
     assert change.configs_set == {"retention.ms": ("1000", spec.configs["retention.ms"])}
     assert change.configs_removed == {"segment.ms": "600000"}
     assert await _overrides(admin, spec.name) == dict(spec.configs)
-    assert (await ensure_topics(kafka_bootstrap, [spec])).unchanged == [spec.name]
+    assert (await ensure_topics(KafkaClients(kafka_bootstrap), [spec])).unchanged == [spec.name]
 
 
 async def test_apply_adds_partitions_and_never_removes_them(
     kafka_bootstrap: str, unique_name: Callable[..., str], admin: AIOKafkaAdminClient
 ) -> None:
     spec = build_catalogue(unique_name("t"), partitions=2).sync_requested
-    await ensure_topics(kafka_bootstrap, [spec])
+    await ensure_topics(KafkaClients(kafka_bootstrap), [spec])
 
-    grown = await ensure_topics(kafka_bootstrap, [dataclasses.replace(spec, partitions=3)])
-    shrunk = await ensure_topics(kafka_bootstrap, [dataclasses.replace(spec, partitions=1)])
+    grown = await ensure_topics(
+        KafkaClients(kafka_bootstrap), [dataclasses.replace(spec, partitions=3)]
+    )
+    shrunk = await ensure_topics(
+        KafkaClients(kafka_bootstrap), [dataclasses.replace(spec, partitions=1)]
+    )
 
     assert [c.partitions for c in grown.updated] == [(2, 3)]
     assert shrunk.unchanged == [spec.name]
@@ -95,10 +100,10 @@ async def test_replication_difference_is_reported_not_changed(
     kafka_bootstrap: str, unique_name: Callable[..., str]
 ) -> None:
     spec = build_catalogue(unique_name("t"), partitions=1).sync_requested
-    await ensure_topics(kafka_bootstrap, [spec])
+    await ensure_topics(KafkaClients(kafka_bootstrap), [spec])
     asks_for_three = TopicSpec(**{**spec.__dict__, "replication": 3})
 
-    report = await ensure_topics(kafka_bootstrap, [asks_for_three])
+    report = await ensure_topics(KafkaClients(kafka_bootstrap), [asks_for_three])
 
     assert report.unchanged == [spec.name]
     assert ["replication factor 1" in w for w in report.warnings] == [True]
@@ -106,7 +111,9 @@ async def test_replication_difference_is_reported_not_changed(
 
 async def test_unreachable_cluster_is_a_transient_error() -> None:
     with pytest.raises(TransientError, match="unreachable"):
-        await asyncio.wait_for(ensure_topics("127.0.0.1:9", [], request_timeout_ms=2000), 60)
+        await asyncio.wait_for(
+            ensure_topics(KafkaClients("127.0.0.1:9"), [], request_timeout_ms=2000), 60
+        )
 
 
 def test_cli_apply_twice_then_describe(
