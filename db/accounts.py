@@ -32,6 +32,7 @@ USER_TABLES = (
     "sync_listings",
     "sync_listed_ids",
     "insight_state",
+    "account_credentials",
     "accounts",
 )
 
@@ -117,6 +118,9 @@ WHERE state = 'active'
        OR watch_renewed_at IS NULL OR watch_renewed_at < %(renewed_before)s)
 ORDER BY watch_expires_at NULLS FIRST, user_id
 LIMIT %(limit)s
+"""
+EARLIEST_WATCH_EXPIRY = """
+SELECT min(watch_expires_at) FROM accounts WHERE state = 'active' AND watch_expires_at IS NOT NULL
 """
 RECORD_WATCH = """
 UPDATE accounts
@@ -231,6 +235,13 @@ async def watches_due(
     params = {"renewed_before": renewed_before, "expiring_before": expiring_before, "limit": limit}
     cursor = await conn.execute(WATCHES_DUE, params)
     return [row[0] for row in await cursor.fetchall()]
+
+
+async def earliest_watch_expiry(conn: psycopg.AsyncConnection[Any]) -> datetime | None:
+    """Return when the first active account's Gmail watch expires (None: no watches)."""
+    cursor = await conn.execute(EARLIEST_WATCH_EXPIRY)
+    row = await cursor.fetchone()
+    return row[0] if row else None
 
 
 async def record_watch(

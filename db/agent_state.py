@@ -9,6 +9,7 @@ restart retries the record instead of killing it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from db import accounts
 from db.accounts import Account, SyncOutcome
-from schemas.errors import TransientError
+from schemas.errors import TransientError, safe_error_text
 
 SELECT_SYNC_STATE = """
 SELECT history_id::text, full_synced FROM sync_state WHERE user_id = %(user_id)s
@@ -146,7 +147,9 @@ class AgentState:
             async with pool.connection(timeout=30) as conn:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise TransientError(f"agent state database unavailable: {exc}") from exc
+            raise TransientError(
+                f"agent state database unavailable: {safe_error_text(exc)}"
+            ) from exc
 
     async def account(self, user_id: str) -> Account | None:
         """Return the user's account, or None if the mailbox is not registered."""
@@ -160,6 +163,15 @@ class AgentState:
         """Note on the user's account how its last sync ended."""
         async with self._connection() as conn:
             await accounts.record_sync_outcome(conn, user_id, outcome, at, error)
+
+    async def revoke_account(self, user_id: str) -> None:
+        """Mark the user's account revoked (Google refused its grant): nothing syncs it any more.
+
+        A no-op for an account that is not registered.
+        """
+        async with self._connection() as conn:
+            with contextlib.suppress(accounts.AccountNotFoundError):
+                await accounts.set_state(conn, user_id, accounts.AccountState.REVOKED)
 
     async def sync_checkpoint(self, user_id: str) -> SyncCheckpoint | None:
         """Return the user's checkpoint, or None before the first sync."""

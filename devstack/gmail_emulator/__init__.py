@@ -6,6 +6,7 @@ Start it in-process with ``GmailEmulator`` (``with`` for a thread, ``async with`
 
 from devstack.gmail_emulator.accounting import AccountingSnapshot
 from devstack.gmail_emulator.faults import FaultConfig
+from devstack.gmail_emulator.oauth import OAuthConfig, OAuthServer, OAuthStats
 from devstack.gmail_emulator.push import OidcSigner, PushConfig, PushStats
 from devstack.gmail_emulator.quota import COST_TABLES, QuotaConfig
 from devstack.gmail_emulator.server import GmailEmulator
@@ -15,6 +16,9 @@ __all__ = [
     "AccountingSnapshot",
     "FaultConfig",
     "GmailEmulator",
+    "OAuthConfig",
+    "OAuthServer",
+    "OAuthStats",
     "OidcSigner",
     "PushConfig",
     "PushStats",

@@ -32,6 +32,7 @@ from devstack.gmail_emulator.mailbox import (
     decode_page_token,
     encode_page_token,
 )
+from devstack.gmail_emulator.oauth import AuthFailure, OAuthConfig, OAuthServer
 from devstack.gmail_emulator.push import (
     TOPIC_NAME,
     WATCH_LIFETIME,
@@ -112,6 +113,7 @@ class EmulatorState:
         history_retention: int = 100_000,
         *,
         push: PushConfig | None = None,
+        oauth: OAuthConfig | None = None,
     ) -> None:
         self.lock = threading.RLock()
         self.mailboxes: dict[str, Mailbox] = {}
@@ -122,6 +124,7 @@ class EmulatorState:
         self.accounting = Accounting()
         self.watches: dict[str, Watch] = {}  # email address -> users.watch registration
         self.push = PushNotifier(push)
+        self.oauth = OAuthServer(oauth, has_mailbox=lambda user: self.mailbox_for(user) is not None)
 
     # -- users ---------------------------------------------------------------------------------
 
@@ -156,7 +159,15 @@ class EmulatorState:
         for http_method, regex, method_id, handler_name in _ROUTES:
             match = regex.match(unquote(req.path))
             if match and req.method == http_method:
-                box = self.mailbox_for(match["user"])
+                user = match["user"]
+                if self.oauth.require_auth:
+                    verdict = self.oauth.authenticate(
+                        req.headers.get("authorization"), user, method_id, req.query
+                    )
+                    if isinstance(verdict, AuthFailure):
+                        return ApiResponse(verdict.status, verdict.body, verdict.headers)
+                    user = verdict.user  # "me" is the token's mailbox
+                box = self.mailbox_for(user)
                 if box is None:
                     return ApiResponse(*envelopes.failed_precondition())
                 return method_id, handler_name, match.groupdict(), box

@@ -33,6 +33,13 @@ from devstack.gmail_emulator.batch import (
 from devstack.gmail_emulator.faults import FaultConfig, FaultInjector
 from devstack.gmail_emulator.generator import generate_messages
 from devstack.gmail_emulator.mailbox import Mailbox
+from devstack.gmail_emulator.oauth import (
+    AUTH_PATH,
+    REVOKE_PATH,
+    TOKEN_PATH,
+    OAuthConfig,
+    OAuthServer,
+)
 from devstack.gmail_emulator.push import CERTS_PATH, OidcSigner, PushConfig, PushStats
 from devstack.gmail_emulator.quota import QuotaConfig, QuotaModel
 
@@ -63,6 +70,7 @@ class GmailEmulator:
         port: 0 picks a free port.
         history_retention: history records kept per user before old ids give 404.
         push: where and how watched mailboxes' changes are pushed (nowhere by default).
+        oauth: Google's OAuth side (``oauth.py``); Gmail calls are anonymous by default.
     """
 
     def __init__(
@@ -74,8 +82,9 @@ class GmailEmulator:
         port: int = 0,
         history_retention: int = 100_000,
         push: PushConfig | None = None,
+        oauth: OAuthConfig | None = None,
     ) -> None:
-        self.state = EmulatorState(quota, faults, history_retention, push=push)
+        self.state = EmulatorState(quota, faults, history_retention, push=push, oauth=oauth)
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
@@ -103,6 +112,7 @@ class GmailEmulator:
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
+        self.state.oauth.base_url = self.url
         self.state.push.bind(asyncio.get_running_loop())
         log.info("gmail emulator listening url=%s", self.url)
 
@@ -255,6 +265,15 @@ class GmailEmulator:
         return self.state.push.signer
 
     @property
+    def oauth(self) -> OAuthServer:
+        """Google's OAuth side: clients, consent, service accounts, revocation, token checks."""
+        return self.state.oauth
+
+    def set_oauth(self, oauth: OAuthConfig) -> None:
+        """Replace the OAuth knobs (e.g. require bearer tokens from now on)."""
+        self.state.oauth.configure(oauth)
+
+    @property
     def certs_url(self) -> str:
         """Where the push tokens' certificates are served, in Google's v1 certs format."""
         return f"http://{self.host}:{self.port}{CERTS_PATH}"
@@ -270,7 +289,11 @@ class GmailEmulator:
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         if request.path in BATCH_PATHS and request.method == "POST":
-            return await self._serve_batch(request.headers.get("Content-Type", ""), body)
+            return await self._serve_batch(
+                request.headers.get("Content-Type", ""), body, request.headers.get("Authorization")
+            )
+        if request.path in (AUTH_PATH, TOKEN_PATH, REVOKE_PATH):
+            return self._serve_oauth(request, body)
         if request.path == "/_emulator/accounting":
             return web.json_response(_snapshot_json(self.accounting))
         if request.path == CERTS_PATH and request.method == "GET":
@@ -288,11 +311,33 @@ class GmailEmulator:
         response = await self.state.handle(ApiRequest(method, request.path, query, body, headers))
         return _json_response(response)
 
-    async def _serve_batch(self, content_type: str, body: bytes) -> web.Response:
+    def _serve_oauth(self, request: web.Request, body: bytes) -> web.Response:
+        """Google's authorization, token and revocation endpoints (``oauth.py``)."""
+        oauth = self.state.oauth
+        if request.path == AUTH_PATH and request.method == "GET":
+            status, text, headers = oauth.authorize(dict(request.query))
+            return web.Response(status=status, text=text, headers=headers)
+        form = {k: v[0] for k, v in form_query(body).items() if v}
+        if request.path == TOKEN_PATH and request.method == "POST":
+            status, answer = oauth.token(form, request.headers.get("Authorization"))
+            return web.json_response(answer, status=status, headers={"Cache-Control": "no-store"})
+        if request.path == REVOKE_PATH and request.method == "POST":
+            token = request.query.get("token") or form.get("token", "")
+            status, answer = oauth.revoke_token(token)
+            return web.json_response(answer, status=status)
+        return web.Response(status=405, text="Method Not Allowed")
+
+    async def _serve_batch(
+        self, content_type: str, body: bytes, authorization: str | None = None
+    ) -> web.Response:
         try:
             inner = parse_batch(content_type, body)
         except BatchFormatError as exc:
             return _json_response(ApiResponse(*envelopes.bad_request(str(exc))))
+        if authorization is not None:
+            # The outer request's headers apply to every part that does not set its own.
+            for part in inner:
+                part.headers.setdefault("authorization", authorization)
         self.state.accounting.batch(len(inner))
         if len(inner) > MAX_PARTS:
             message = f"Inner request count exceeds the limit. Received: {len(inner)}, Limit: 100"

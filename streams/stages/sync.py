@@ -16,6 +16,13 @@ After a stale historyId (404) the full resync also reconciles: ids emitted befor
 longer has (spam and trash included) are reported deleted (``reason=reconciled``) and
 forgotten, so a later reconciliation does not report them again. A full listing reads no
 history, so a second 404 cannot restart it.
+
+The backfill lane runs a second instance on its own topics (``backfill-requested`` in,
+``backfill-discovered`` out, continuations to itself): a backfill is a full listing like any
+other, sharing ``sync_listings`` with live listings (one listing per user at a time), whose
+messages are fetched at the backfill's share of the quota. A backfill of a mailbox that has no
+checkpoint yet stores the listing's historyId once its first page is in Kafka, so incremental
+syncs (push, the scheduler) bring new mail on the live lane while the backfill lists older mail.
 """
 
 from __future__ import annotations
@@ -24,13 +31,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from db.accounts import Account, AccountState, SyncOutcome
 from db.agent_state import AgentState
-from schemas.errors import StageTimeoutError, StaleHistoryError
+from schemas.errors import (
+    AccountRevokedError,
+    StageTimeoutError,
+    StaleHistoryError,
+    safe_error_text,
+)
 from schemas.models import (
     DeletionReason,
     JobKind,
@@ -88,7 +100,6 @@ def exclusion_query(label_filter: Sequence[str]) -> str | None:
 class SyncStage:
     """Lists a user's mailbox for each SyncRequested."""
 
-    name = "sync"
     kind = JobKind.GOOGLE_GMAIL_SYNC
     phase = 0
 
@@ -104,7 +115,17 @@ class SyncStage:
         labels_topic: str,
         deadline_for: Callable[[int], float],
         clock: Callable[[], float] = time.time,
+        name: str = "sync",
+        backfill: bool = False,
     ) -> None:
+        """
+        Args:
+            name: agent name within the group (``sync``; the backfill lane's ``backfill``).
+            backfill: this instance is the backfill lane: a first listing of a mailbox without
+                a checkpoint stores one after its first page (see the module docstring).
+        """
+        self.name = name
+        self.backfill = backfill
         self.requests = Decoder(serde, SyncRequested)
         self.serde = serde
         self.gmail = gmail
@@ -177,8 +198,15 @@ class SyncStage:
     async def _note_failure(self, user: str, exc: Exception) -> None:
         # Best effort: the failure itself is routed by the runner whatever happens here.
         try:
+            if isinstance(exc, AccountRevokedError):
+                # Google refused the grant: stop every sync of the account (the scheduler, push
+                # and queued requests all skip it) until the operator grants access again.
+                log.warning("gmail grant refused, account marked revoked user=%s", user)
+                await self.state.revoke_account(user)
             now = utc_now(self.clock)
-            await self.state.record_sync_outcome(user, SyncOutcome.FAILED, now, str(exc)[:500])
+            await self.state.record_sync_outcome(
+                user, SyncOutcome.FAILED, now, safe_error_text(exc)[:500]
+            )
         except Exception:
             log.warning("could not record the failed sync of %s", user, exc_info=True)
 
@@ -218,7 +246,29 @@ class SyncStage:
                 "reconcile_after": stale,
             }
         )
-        return await self._listing_step(first, account)
+        outcome = await self._listing_step(first, account)
+        if self.backfill and checkpoint is None and not request.label_ids:
+            outcome.after_publish = self._checkpoint_early(first, outcome.after_publish)
+        return outcome
+
+    def _checkpoint_early(
+        self, request: SyncRequested, then: Callable[[], Awaitable[None]] | None
+    ) -> Callable[[], Awaitable[None]]:
+        """Store the listing's historyId as the first checkpoint once its first page is safe.
+
+        Only for a mailbox that had none: the listing emits everything up to that id, and
+        incremental syncs from it emit what came after, on the live lane, while the backfill
+        runs. A mailbox with a checkpoint keeps it (its deletions and label changes since then
+        come from history, which a listing does not read).
+        """
+        user, history = request.user_id, str(request.listing_history_id)
+
+        async def checkpoint() -> None:
+            if then is not None:
+                await then()
+            await self.state.save_sync_checkpoint(user, history, request.sync_id, full=False)
+
+        return checkpoint
 
     async def _incremental(
         self, request: SyncRequested, account: Account, listing: Listing

@@ -8,6 +8,13 @@ Every call goes through the user's ``QuotaLimiter``; failures go through ``error
 
 Public API for the pipeline: ``get_profile``, ``get_history_id``, ``list_message_ids`` (full sync),
 ``list_changes`` (incremental; ``StaleHistoryError`` on 404), ``fetch_messages`` (planner).
+
+Credentials come from ``credentials_for(user)`` (``inboxflow/wiring.py`` passes the encrypted
+store); google-auth refreshes access tokens inside each call. A grant Google refuses
+(``invalid_grant``) raises ``AccountRevokedError`` at once, and the user's credentials are asked
+for again on the next call (``forget_credentials``), so a new grant is picked up without a restart.
+A grant of ``gmail.metadata`` alone is fetched with ``format=metadata`` (Gmail refuses ``raw`` and
+``full`` for it): the fetched message is its headers with an empty body.
 """
 
 from __future__ import annotations
@@ -18,11 +25,10 @@ import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
 import google_auth_httplib2
@@ -30,11 +36,14 @@ import httplib2
 from google.auth.credentials import AnonymousCredentials, Credentials
 from googleapiclient.discovery import build_from_document
 
+from db.credentials import METADATA_SCOPE, READONLY_SCOPE
 from schemas.errors import InboxflowError, RetryClass, StaleHistoryError
+from streams.runtime.metrics import gmail_user_units
 from streams.stages.gmail.costs import CostTable, CostTableName
-from streams.stages.gmail.errors import GmailFailure, classify, to_error
+from streams.stages.gmail.credentials import token_file_credentials
+from streams.stages.gmail.errors import GmailFailure, classify, refresh_failure, to_error
 from streams.stages.gmail.limiter import QuotaLimiter
-from streams.stages.gmail.payload import has_attachment_refs, rebuild_mime
+from streams.stages.gmail.payload import has_attachment_refs, rebuild_headers, rebuild_mime
 from streams.stages.gmail.planner import (
     MAX_BATCH_PARTS,
     FetchNeed,
@@ -47,7 +56,14 @@ from streams.stages.gmail.planner import (
 
 log = logging.getLogger(__name__)
 Json = dict[str, Any]
-READONLY_SCOPE = "https://www.googleapis.com/auth/gmail.readonly"
+# Scopes that read message bodies; a grant with none of them but gmail.metadata reads headers only.
+CONTENT_SCOPES = frozenset(
+    {
+        READONLY_SCOPE,
+        "https://www.googleapis.com/auth/gmail.modify",
+        "https://mail.google.com/",
+    }
+)
 CONTACT_HEADERS = ("From", "To", "Cc", "Bcc", "Reply-To", "Date", "Subject", "Message-ID")
 HISTORY_TYPES = ("messageAdded", "messageDeleted", "labelAdded", "labelRemoved")
 
@@ -73,6 +89,9 @@ class GmailClientConfig:
         target_utilization: fraction of the ceiling the limiter aims at.
         max_attempts: tries per call before the classified error is raised.
         credentials_dir: folder of ``<user>.json`` authorized-user files; ``None`` = anonymous.
+        lane_shares: the most of each user's ceiling a lane of fetches may spend
+            (``{"backfill": 0.5}``); its calls still go through the user's own limiter too, so
+            all lanes together never exceed the ceiling, and the other lanes keep the rest.
     """
 
     api_root: str = "https://gmail.googleapis.com/"
@@ -86,6 +105,12 @@ class GmailClientConfig:
     target_utilization: float = 0.98
     max_attempts: int = 8
     credentials_dir: str | None = None
+    lane_shares: Mapping[str, float] = field(default_factory=dict)
+
+
+# A lane's bucket holds a tenth of its window's share: a lane that was idle bursts little, so its
+# units in any window stay within its share plus one batch.
+LANE_BURST_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -165,6 +190,13 @@ def _b64decode(value: str) -> bytes:
     return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
 
 
+def _headers_as_message(outcome: FetchOutcome) -> FetchOutcome:
+    """A headers-only fetch as a message: its headers over an empty body (``raw_exact`` false)."""
+    if isinstance(outcome, FetchedMessage) and outcome.raw is None:
+        return replace(outcome, raw=rebuild_headers(outcome.headers), raw_exact=False)
+    return outcome
+
+
 def _to_fetched(resource: Json, raw: bytes | None, exact: bool) -> FetchedMessage:
     headers = resource.get("payload", {}).get("headers", []) if raw is None else []
     return FetchedMessage(
@@ -216,16 +248,31 @@ class GmailClient:
         config: GmailClientConfig | None = None,
         *,
         credentials_for: Callable[[str], Credentials] | None = None,
+        forget_credentials: Callable[[str], None] | None = None,
     ) -> None:
+        """
+        Args:
+            config: knobs; defaults talk to Google.
+            credentials_for: the user's google-auth credentials; called from worker threads
+                (blocking is fine), once per thread and user until they are forgotten.
+                Default: ``config.credentials_dir``'s token files, else anonymous.
+            forget_credentials: called when Google refused the user's credentials (a refused
+                refresh, a 401), before they are asked for again.
+        """
         self.config = config or GmailClientConfig()
         self.costs = CostTable(self.config.cost_table)
         self.stats = ClientStats()
         self._credentials_for = credentials_for or self._default_credentials
+        self._forget_credentials = forget_credentials
+        # Bumped when a user's credentials are refused: every thread rebuilds its AuthorizedHttp.
+        self._credential_generation: Counter[str] = Counter()
+        self._headers_only: dict[str, tuple[int, bool]] = {}  # user -> (generation, metadata only)
         self._pool = ThreadPoolExecutor(self.config.pool_size, thread_name_prefix="gmail")
         self._local = threading.local()
         self._opened: list[httplib2.Http] = []  # closed by close(): keep-alive sockets
         self._opened_lock = threading.Lock()
         self._limiters: dict[str, QuotaLimiter] = {}
+        self._lane_limiters: dict[tuple[str, str], QuotaLimiter] = {}
         doc = json.loads(files("streams.stages.gmail").joinpath("gmail.v1.json").read_text("utf-8"))
         doc["rootUrl"] = self.config.api_root
         doc.pop("mtlsRootUrl", None)
@@ -236,13 +283,7 @@ class GmailClient:
     def _default_credentials(self, user: str) -> Credentials:
         if self.config.credentials_dir is None:
             return AnonymousCredentials()  # type: ignore[no-untyped-call]
-        from google.oauth2.credentials import Credentials as UserCredentials
-
-        path = Path(self.config.credentials_dir).expanduser() / f"{user}.json"
-        creds: Credentials = UserCredentials.from_authorized_user_file(  # type: ignore[no-untyped-call]
-            str(path), [READONLY_SCOPE]
-        )
-        return creds
+        return token_file_credentials(self.config.credentials_dir, user)
 
     def limiter(self, user: str) -> QuotaLimiter:
         """The user's limiter (created on first use)."""
@@ -256,6 +297,31 @@ class GmailClient:
                 target_utilization=c.target_utilization,
             )
             self._limiters[user] = limiter
+            gmail_user_units().labels(user).set_function(limiter.units_in_window)
+        return limiter
+
+    def lane_limiter(self, lane: str, user: str) -> QuotaLimiter:
+        """The limiter of ``user``'s share for ``lane`` (created on first use).
+
+        Raises:
+            KeyError: ``config.lane_shares`` gives the lane no share.
+        """
+        key = (lane, user)
+        limiter = self._lane_limiters.get(key)
+        if limiter is None:
+            c = self.config
+            share = c.lane_shares.get(lane)
+            if share is None:
+                raise KeyError(f"no quota share configured for lane {lane!r}")
+            ceiling = c.user_units_per_window or self.costs.user_units_per_minute
+            limiter = QuotaLimiter(
+                units_per_window=max(1, int(ceiling * share)),
+                window_seconds=c.window_seconds,
+                max_concurrency=c.max_concurrency,
+                target_utilization=c.target_utilization,
+                burst_fraction=LANE_BURST_FRACTION,
+            )
+            self._lane_limiters[key] = limiter
         return limiter
 
     def _thread_service(self, user: str) -> tuple[Any, Any]:
@@ -263,12 +329,55 @@ class GmailClient:
         if not hasattr(local, "service"):
             local.service = build_from_document(self._discovery, http=self._new_http())
             local.https = {}
-        http = local.https.get(user)
-        if http is None:
-            base = self._new_http()
-            http = google_auth_httplib2.AuthorizedHttp(self._credentials_for(user), http=base)
-            local.https[user] = http
-        return local.service, http
+        generation = self._credential_generation[user]
+        cached = local.https.get(user)
+        if cached is None or cached[0] != generation:
+            base = self._new_http() if cached is None else cached[1].http
+            authorized = google_auth_httplib2.AuthorizedHttp(self._credentials_for(user), http=base)
+            cached = local.https[user] = (generation, authorized)
+        return local.service, cached[1]
+
+    def _refused(self, user: str, exc: BaseException) -> InboxflowError | None:
+        """The error to raise when ``exc`` means the user's credentials are unusable, else None.
+
+        The credentials are forgotten first, so the next call asks for them again (a new grant, or
+        the account's revoked state, is seen without a restart). An ``InboxflowError`` here came
+        from ``credentials_for`` (a missing key, a revoked account) and is raised as it is.
+        """
+        if isinstance(exc, InboxflowError):
+            return exc
+        error = refresh_failure(exc, user)
+        if error is not None and error.retry_class is RetryClass.PERMANENT:
+            self.forget_credentials(user)
+        return error
+
+    def forget_credentials(self, user: str) -> None:
+        """Drop the user's credentials in every thread; the next call asks for them again."""
+        self._credential_generation[user] += 1
+        if self._forget_credentials is not None:
+            self._forget_credentials(user)
+
+    async def metadata_only(self, user: str) -> bool:
+        """Whether the user's grant reads headers only (``gmail.metadata`` without a read scope).
+
+        Raises:
+            InboxflowError: the user's credentials cannot be had (see ``credentials_for``).
+        """
+        generation = self._credential_generation[user]
+        known = self._headers_only.get(user)
+        if known is not None and known[0] == generation:
+            return known[1]
+        try:
+            credentials = await self._in_pool(self._credentials_for, user)
+        except Exception as exc:
+            error = self._refused(user, exc)
+            if error is None or error is exc:
+                raise
+            raise error from exc
+        scopes = set(getattr(credentials, "scopes", None) or ())
+        headers_only = METADATA_SCOPE in scopes and not scopes & CONTENT_SCOPES
+        self._headers_only[user] = (generation, headers_only)
+        return headers_only
 
     def _new_http(self) -> httplib2.Http:
         http = httplib2.Http(timeout=self.config.request_timeout)
@@ -292,6 +401,11 @@ class GmailClient:
         def collect(request_id: str, response: Json | None, exc: BaseException | None) -> None:
             results[request_id] = (response, exc)
 
+        credentials = http.credentials
+        if not credentials.valid:
+            # Refresh on this thread's connection: the batch library would refresh on a new
+            # httplib2.Http of its own and never close it.
+            credentials.refresh(google_auth_httplib2.Request(http.http))
         batch = service.new_batch_http_request(callback=collect)
         for index, call in enumerate(calls):
             request = self._call_request(service.users(), user, call)
@@ -367,8 +481,15 @@ class GmailClient:
             try:
                 result: Json = await self._in_pool(self._execute_one, user, build)
             except Exception as exc:
-                failure = classify(exc)
                 limiter.release()
+                refused = self._refused(user, exc)
+                if refused is exc:
+                    raise
+                if refused is not None:
+                    raise refused from exc
+                failure = classify(exc)
+                if failure.status == 401:
+                    self.forget_credentials(user)
                 if failure.status == 404 and not_found is not None:
                     raise not_found() from exc
                 if failure.retry_class is not RetryClass.RATE_LIMIT:
@@ -509,12 +630,19 @@ class GmailClient:
                 )
 
     async def fetch_messages(
-        self, user: str, refs: Iterable[MessageRef | str], *, need: FetchNeed = FetchNeed.RAW
+        self,
+        user: str,
+        refs: Iterable[MessageRef | str],
+        *,
+        need: FetchNeed = FetchNeed.RAW,
+        lane: str | None = None,
     ) -> dict[str, FetchOutcome]:
         """Fetch each distinct id once through the planner, in batches of at most 25.
 
         Returns one outcome per id: ``FetchedMessage`` or ``MessageGone`` (404, deleted).
-        Throttles and transient failures are retried within ``max_attempts``.
+        Throttles and transient failures are retried within ``max_attempts``. With ``lane``,
+        every batch (retries too) first waits for the lane's share of the user's quota
+        (``lane_limiter``), then for the user's limiter like any call.
 
         Raises:
             RateLimitedError, QuotaExceededError, TransientError, StageTimeoutError: retries ran
@@ -523,16 +651,20 @@ class GmailClient:
             PermanentError: Gmail refused a call for good (e.g. 400, 403 domainPolicy).
         """
         wanted = [r if isinstance(r, MessageRef) else MessageRef(r) for r in refs]
+        headers_only = need is not FetchNeed.HEADERS and await self.metadata_only(user)
+        if headers_only:
+            need = FetchNeed.HEADERS
         outcomes: dict[str, FetchOutcome] = {}
         pending = plan_fetch(wanted, need, self.costs)
         limiter = self.limiter(user)
+        share = self.lane_limiter(lane, user) if lane is not None else None
         attempts: Counter[PlannedCall] = Counter()
         transient_failures: Counter[PlannedCall] = Counter()  # the backoff's exponent
         while pending:
             parts = max(1, min(self.config.batch_size, limiter.concurrency))
             batches = chunk_calls(pending, self.costs, parts, limiter.capacity)
             rounds = await asyncio.gather(
-                *(self._run_batch(user, b, need, outcomes) for b in batches)
+                *(self._run_batch(user, b, need, outcomes, share) for b in batches)
             )
             pending = [call for r in rounds for call in r.follow_ups]
             worst_transient = 0
@@ -550,6 +682,8 @@ class GmailClient:
                 # Throttles are already enforced by the limiter; 5xx and timeouts back off here.
                 self.stats.retried += 1
                 await asyncio.sleep(limiter.backoff(worst_transient))
+        if headers_only:
+            return {key: _headers_as_message(outcome) for key, outcome in outcomes.items()}
         return outcomes
 
     async def _run_batch(
@@ -558,13 +692,18 @@ class GmailClient:
         calls: list[PlannedCall],
         need: FetchNeed,
         outcomes: dict[str, FetchOutcome],
+        share: QuotaLimiter | None = None,
     ) -> _Round:
         """Send one batch; record outcomes; return follow-ups and retryable failures.
 
+        ``share``: a lane's limiter, waited on before the user's (its concurrency is the user's).
         Raises the classified error at once for QUOTA and PERMANENT failures.
         """
         limiter = self.limiter(user)
         units = sum(self.costs.cost(c.method) for c in calls)
+        if share is not None:
+            # Slots stay with the user's limiter: the lane paces units only.
+            await share.acquire(units, slots=0)
         await limiter.acquire(units, len(calls))
         self.stats.units += units
         self.stats.batches += 1
@@ -575,7 +714,14 @@ class GmailClient:
             results = await self._in_pool(self._execute_batch, user, calls)
         except Exception as exc:
             limiter.release(len(calls))
+            refused = self._refused(user, exc)
+            if refused is exc:
+                raise
+            if refused is not None:
+                raise refused from exc
             failure = classify(exc)
+            if failure.status == 401:
+                self.forget_credentials(user)
             if failure.retry_class not in _RETRYABLE:
                 raise to_error(failure, "batch") from exc
             if failure.retry_class is RetryClass.RATE_LIMIT:
@@ -594,6 +740,8 @@ class GmailClient:
             if failure.status == 404:
                 outcome.follow_ups.extend(self._gone(call, need, outcomes))
             elif failure.retry_class not in _RETRYABLE:
+                if failure.status == 401:
+                    self.forget_credentials(user)
                 raise to_error(failure, call.method) from part_exc
             else:
                 outcome.failed.append((call, failure))

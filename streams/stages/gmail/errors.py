@@ -20,9 +20,18 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httplib2
+from google.auth import exceptions as auth_exceptions
 from googleapiclient.errors import HttpError
 
-from schemas.errors import InboxflowError, RetryClass, error_for
+from schemas.errors import (
+    AccountRevokedError,
+    CredentialsError,
+    InboxflowError,
+    RetryClass,
+    TransientError,
+    error_for,
+    safe_error_message,
+)
 
 _RATE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded"}
 _QUOTA_REASONS = {"dailyLimitExceeded", "quotaExceeded"}
@@ -122,14 +131,58 @@ def classify(exc: BaseException, now: datetime | None = None) -> GmailFailure:
         headers = {str(k): str(v) for k, v in dict(exc.resp).items()}
         return classify_response(int(exc.resp.status), exc.content, headers, now)
     name = type(exc).__name__
+    text = safe_error_message(exc)  # a parser's error may quote the mail it choked on
     if isinstance(exc, socket.timeout | TimeoutError):
-        return GmailFailure(RetryClass.TIMEOUT, None, 0, name, str(exc))
+        return GmailFailure(RetryClass.TIMEOUT, None, 0, name, text)
     if isinstance(exc, ConnectionError | ssl.SSLError | httplib2.HttpLib2Error | OSError):
-        return GmailFailure(RetryClass.TRANSIENT, None, 0, name, str(exc))
-    return GmailFailure(RetryClass.PERMANENT, None, 0, name, str(exc))
+        return GmailFailure(RetryClass.TRANSIENT, None, 0, name, text)
+    return GmailFailure(RetryClass.PERMANENT, None, 0, name, text)
 
 
 def to_error(failure: GmailFailure, context: str) -> InboxflowError:
     """The ``schemas.errors`` exception for ``failure`` (raise it ``from`` the original)."""
     text = f"gmail {context}: {failure.status} {failure.reason}: {failure.message}"
     return error_for(failure.retry_class, text, retry_after=failure.wait)
+
+
+def refresh_failure(exc: BaseException, user: str) -> InboxflowError | None:
+    """The error for a failure to get an access token for ``user``; None for any other exception.
+
+    google-auth refreshes tokens inside the HTTP call (and retries the token endpoint's 5xx
+    itself), so its errors surface from ``execute``:
+
+    * ``RefreshError`` ``invalid_grant`` (revoked or expired grant, deleted service account key,
+      unknown subject): ``AccountRevokedError``, permanent; the sync stage marks the account;
+    * a ``RefreshError`` Google marks retryable, or the token endpoint unreachable
+      (``TransportError``): ``TransientError``;
+    * any other ``RefreshError`` (``invalid_client``, ``unauthorized_client``: a service account
+      without domain-wide delegation of the scope): ``CredentialsError``, permanent.
+
+    The text is Google's error code and description, never a token.
+    """
+    if isinstance(exc, auth_exceptions.RefreshError):
+        code, detail = _oauth_error(exc)
+        if code == "invalid_grant":
+            return AccountRevokedError(user, detail)
+        if exc.retryable:
+            return TransientError(f"gmail token refresh for {user} failed: {detail}")
+        return CredentialsError(
+            f"Google refused to issue a Gmail access token for {user} ({detail}). Operator "
+            "action: check the OAuth client, or the service account's domain-wide delegation of "
+            "the scope, then add the account's credentials again and redrive."
+        )
+    if isinstance(exc, auth_exceptions.TransportError):
+        return TransientError(f"gmail token endpoint unreachable for {user}: {type(exc).__name__}")
+    return None
+
+
+def _oauth_error(exc: auth_exceptions.RefreshError) -> tuple[str, str]:
+    """The OAuth error code and ``code: description`` of a RefreshError."""
+    payload = exc.args[1] if len(exc.args) > 1 else None
+    text = str(exc.args[0]) if exc.args else ""
+    if isinstance(payload, dict):
+        code = str(payload.get("error", ""))
+        description = payload.get("error_description")
+        return code, f"{code}: {description}" if description else code
+    code = text.split(":", 1)[0].strip() if ":" in text else ""
+    return code, text[:200]

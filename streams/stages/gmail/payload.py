@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import quopri
 import re
+from collections.abc import Iterable
 from email.header import Header
 from email.utils import formataddr, getaddresses
 from typing import Any
@@ -49,6 +50,15 @@ def _header(part: Part, name: str) -> str:
         if header["name"].lower() == name:
             return str(header["value"])
     return ""
+
+
+def rebuild_headers(headers: Iterable[tuple[str, str]]) -> bytes:
+    """RFC 822 bytes of a message with just these headers and an empty body.
+
+    What a ``gmail.metadata`` grant can fetch: ``format=metadata`` gives headers, never a body.
+    """
+    head = "\r\n".join(_header_line(name, value) for name, value in headers)
+    return head.encode("utf-8") + b"\r\n\r\n"
 
 
 def rebuild_mime(part: Part) -> bytes:
