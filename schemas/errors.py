@@ -14,26 +14,40 @@ Each exception carries the retry class that decides what happens to the record t
     ├── StageTimeoutError           TIMEOUT     a stage ran past its per-kind deadline
     └── PermanentError              PERMANENT   retrying cannot help
         ├── UndecodableRecordError  PERMANENT   bytes that no known schema reads
-        └── StaleHistoryError       PERMANENT   historyId too old; sync does a full resync
+        ├── StaleHistoryError       PERMANENT   historyId too old; sync does a full resync
+        ├── AccountRevokedError     PERMANENT   Gmail grant gone (invalid_grant); account revoked
+        └── CredentialsError        PERMANENT   stored credentials unusable (key missing, altered)
 
 Each dependency is wrapped once, where it is called (the Gmail client, the embedding provider,
 the sinks), into one of these classes. ``classify`` maps any exception to a ``Failure``: pure, and
 an exception nobody expected is PERMANENT (a bug). ``decide`` turns a failure and the attempts so
 far into the next stop on the group's retry ladder (``RetryTier``) or the dead-letter topic.
 Pure throughout: no I/O, no clock (callers pass ``now``), no settings.
+
+Error texts leave the process (dead-letter headers, ``jobs.last_error``, logs, HTTP answers) only
+through ``safe_error_text``: many libraries quote their input in their messages (pydantic's
+``input_value``, a parser's offending line, a SQL value in psycopg's primary message), and that
+input is mail. Only messages inboxflow wrote, and those of a short allow-list of libraries that
+describe connections rather than data, are kept; ``redact_secrets`` still runs over them.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import re
+import sysconfig
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import PurePath
 from typing import ClassVar
 
 import aiohttp
 import psycopg
+import pydantic
 from aiokafka.errors import KafkaError
+from fastavro.validation import ValidationError as AvroValidationError
 
 
 class RetryClass(StrEnum):
@@ -94,6 +108,29 @@ class UndecodableRecordError(PermanentError):
 
 class StaleHistoryError(PermanentError):
     """The stored historyId is older than Gmail keeps; a full resync is needed."""
+
+
+class AccountRevokedError(PermanentError):
+    """Google refused the account's grant (invalid_grant): access was revoked or has expired.
+
+    The sync stage marks the account ``revoked``, so nothing syncs it until it is granted again.
+    """
+
+    def __init__(self, user_id: str, detail: str = "") -> None:
+        super().__init__(
+            f"Google refused the Gmail grant of {user_id}"
+            + (f" ({detail})" if detail else "")
+            + ": the user revoked access, the grant expired, or a service account key was "
+            "deleted. The account is marked revoked and no longer synced. Operator action: grant "
+            f"access again with `inboxflow accounts add {user_id} --oauth` (or --service-account "
+            "KEY.json), which makes it active again."
+        )
+        self.user_id = user_id
+        self.detail = detail  # Google's error code and description
+
+
+class CredentialsError(PermanentError):
+    """The account's stored Gmail credentials cannot be used; fix the settings, then redrive."""
 
 
 _ERROR_FOR_CLASS: dict[RetryClass, type[InboxflowError]] = {
@@ -170,9 +207,169 @@ class Decision:
     dead: bool
 
 
+# Secrets that may sit inside a kept message (a URL in a connection error, a token a library
+# echoed): each pattern and what replaces it.
+_SECRETS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # scheme://user:password@host (DATABASE_URL, a registry or API URL with credentials)
+    (re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@"), r"\1***@"),
+    # password=... in libpq key/value strings, token=... or api_key=... in query strings
+    (
+        re.compile(
+            r"(?i)\b(password|passwd|pwd|secret|client_secret|token|access_token|refresh_token"
+            r"|id_token|api[_-]?key|apikey|sig|signature)=(?:'[^']*'|[^\s&;,'\"]+)"
+        ),
+        r"\1=***",
+    ),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 ***"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*)?"), "***"),  # JWT
+    (re.compile(r"\bya29\.[A-Za-z0-9._-]+"), "***"),  # Google OAuth access token
+    (re.compile(r"\b1//[A-Za-z0-9._-]{10,}"), "***"),  # Google OAuth refresh token
+    (re.compile(r"\bAIza[0-9A-Za-z_-]{20,}"), "***"),  # Google API key
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), "***"),  # OpenAI-style API key
+)
+# A pydantic error location part that is an identifier names a field; anything else may be a
+# dict key taken from the input (an address, a header), so it is not repeated.
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_MAX_LISTED_ERRORS = 10
+
+
+def redact_secrets(text: str) -> str:
+    """Return ``text`` with passwords in URLs, tokens and API keys replaced by ``***``. Pure."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _keeps_message(exc: BaseException) -> bool:
+    # Ours, and libraries whose messages describe a connection or a protocol state, not data.
+    return isinstance(exc, InboxflowError | KafkaError | TimeoutError | aiohttp.ClientError)
+
+
+def safe_error_message(exc: BaseException) -> str:
+    """Return what may be told of ``exc`` beyond its type; "" when nothing may. Pure.
+
+    Kept (through ``redact_secrets``): the message of an ``InboxflowError``, an aiokafka
+    ``KafkaError``, a ``TimeoutError`` or an aiohttp client error; of an ``OSError`` its errno
+    and reason, not the file names. Reduced to structure that names no value: a pydantic
+    ``ValidationError`` to each error's field location and error type (never ``input_value``);
+    a psycopg error to its sqlstate and the table, column and constraint it names; a fastavro
+    ``ValidationError`` to its field names; a ``JSONDecodeError`` to the parser's complaint and
+    position; a ``UnicodeError`` to the codec, position and reason; an exception group to its
+    members. Everything else (``ValueError``, ``KeyError``, email and MIME errors, anything not
+    ours) may quote its input: nothing.
+    """
+    if _keeps_message(exc):
+        return redact_secrets(str(exc))
+    if isinstance(exc, BaseExceptionGroup):
+        members = "; ".join(safe_error_text(e) for e in exc.exceptions[:_MAX_LISTED_ERRORS])
+        return f"{len(exc.exceptions)} sub-exception(s): {members}"
+    if isinstance(exc, OSError):
+        if exc.errno is None or not exc.strerror:
+            return ""
+        return redact_secrets(f"[Errno {exc.errno}] {exc.strerror}")
+    if isinstance(exc, pydantic.ValidationError):
+        return _pydantic_structure(exc)
+    if isinstance(exc, psycopg.Error):
+        return _psycopg_structure(exc)
+    if isinstance(exc, AvroValidationError):
+        fields = sorted({str(getattr(e, "field", "")) for e in exc.errors} - {""})
+        return f"fields {', '.join(fields)}" if fields else ""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg}: line {exc.lineno} column {exc.colno} (char {exc.pos})"
+    if isinstance(exc, UnicodeDecodeError | UnicodeEncodeError | UnicodeTranslateError):
+        action = "decode" if isinstance(exc, UnicodeDecodeError) else "encode"
+        codec = getattr(exc, "encoding", "unicode")
+        return f"{codec!r} codec can't {action} position {exc.start}-{exc.end}: {exc.reason}"
+    return ""
+
+
+def safe_error_text(exc: BaseException) -> str:
+    """Return ``Type: message`` for ``exc`` with only what ``safe_error_message`` keeps. Pure.
+
+    An exception whose message is withheld or reduced also says where it was raised
+    (``at file.py:12 in function``, from its traceback), so a bug stays findable without the
+    text. Used for dead-letter headers, ``jobs.last_error``, HTTP answers and every log line.
+    """
+    name = type(exc).__name__
+    message = safe_error_message(exc)
+    text = f"{name}: {message}" if message else name
+    if _keeps_message(exc) or isinstance(exc, OSError | BaseExceptionGroup):
+        return text
+    where = _raised_at(exc)
+    return f"{text} at {where}" if where else text
+
+
+def _raised_at(exc: BaseException) -> str:
+    # The innermost frame of our own code (a library's frame says little about the cause),
+    # else the innermost frame.
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append((tb.tb_frame.f_code, tb.tb_lineno))
+        tb = tb.tb_next
+    if not frames:
+        return ""
+    ours = [frame for frame in frames if not _is_library(frame[0].co_filename)]
+    code, line = (ours or frames)[-1]
+    path = PurePath(code.co_filename)
+    return f"{PurePath(path.parent.name, path.name).as_posix()}:{line} in {code.co_name}"
+
+
+_STDLIB = PurePath(sysconfig.get_paths()["stdlib"])
+
+
+def _is_library(filename: str) -> bool:
+    path = PurePath(filename)
+    return (
+        not path.is_absolute()  # <string>, or a compiled extension's own source path
+        or "site-packages" in path.parts
+        or "dist-packages" in path.parts
+        or path.is_relative_to(_STDLIB)
+    )
+
+
+def _pydantic_structure(exc: pydantic.ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    listed = "; ".join(
+        f"{_location(error['loc'])} ({error['type']})" for error in errors[:_MAX_LISTED_ERRORS]
+    )
+    more = len(errors) - _MAX_LISTED_ERRORS
+    suffix = f"; {more} more" if more > 0 else ""
+    return f"{len(errors)} error(s) for {exc.title}: {listed}{suffix}"
+
+
+def _location(loc: Sequence[int | str]) -> str:
+    parts = [
+        f"[{part}]" if isinstance(part, int) else part if _FIELD_NAME.fullmatch(part) else "*"
+        for part in loc
+    ]
+    return ".".join(parts).replace(".[", "[") or "(model)"
+
+
+def _psycopg_structure(exc: psycopg.Error) -> str:
+    # The primary message and detail quote values ("Key (id)=(...)", "invalid input syntax for
+    # type integer: ..."); the sqlstate and the schema's own names do not.
+    diag = exc.diag
+    named = [
+        f"{label} {value}"
+        for label, value in (
+            ("table", diag.table_name),
+            ("column", diag.column_name),
+            ("constraint", diag.constraint_name),
+        )
+        if value
+    ]
+    parts = [f"sqlstate {exc.sqlstate}"] if exc.sqlstate else []
+    return ", ".join(parts + named)
+
+
 def classify(exc: BaseException) -> Failure:
-    """Return the retry class of ``exc``; an exception nobody expected is PERMANENT (a bug)."""
-    message = f"{type(exc).__name__}: {exc}"[:_MAX_MESSAGE]
+    """Return the retry class of ``exc``; an exception nobody expected is PERMANENT (a bug).
+
+    The failure's message is ``safe_error_text(exc)``: it goes to dead-letter headers and
+    ``jobs.last_error``, so it never quotes the record.
+    """
+    message = safe_error_text(exc)[:_MAX_MESSAGE]
     if isinstance(exc, InboxflowError):
         return Failure(exc.retry_class, message, exc.retry_after)
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):

@@ -16,13 +16,14 @@ cannot be reached raises ``TransientError`` instead, because the same bytes will
 from __future__ import annotations
 
 import io
+import re
 from typing import Any, Protocol, TypeVar
 
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import SchemaParseException
 from pydantic import ValidationError
 
-from schemas.errors import PermanentError, UndecodableRecordError
+from schemas.errors import PermanentError, UndecodableRecordError, safe_error_text
 from schemas.models import Event
 from schemas.registry import SchemaRegistryClient
 from schemas.store import KnownSchema, SchemaStore, default_store, schema_fingerprint
@@ -33,6 +34,7 @@ SOE_MAGIC = b"\xc3\x01"
 SOE_HEADER_SIZE = len(SOE_MAGIC) + 8
 CONFLUENT_MAGIC = b"\x00"
 CONFLUENT_HEADER_SIZE = len(CONFLUENT_MAGIC) + 4
+_FASTAVRO_FIELD = re.compile(r" on field ([A-Za-z_][A-Za-z0-9_.]*)$")
 
 
 class Serde(Protocol):
@@ -53,7 +55,12 @@ def _write_body(known: KnownSchema, event: Event) -> bytes:
         schemaless_writer(buffer, known.parsed, event.model_dump(), strict=True)
     except (ValueError, TypeError, KeyError) as exc:
         # A model that validated but does not fit its schema is a bug in models.py / the .avsc.
-        raise PermanentError(f"cannot encode {known.full_name}: {exc}") from exc
+        # fastavro's text quotes the value; only the field it names (the schema's) is repeated.
+        field = _FASTAVRO_FIELD.search(str(exc))
+        where = f" on field {field.group(1)}" if field else ""
+        raise PermanentError(
+            f"cannot encode {known.full_name}: {safe_error_text(exc)}{where}"
+        ) from exc
     return buffer.getvalue()
 
 
@@ -71,7 +78,7 @@ def _read_body(body: bytes, writer: KnownSchema, reader: KnownSchema, model: typ
     except (EOFError, ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError) as exc:
         raise UndecodableRecordError(
             f"body does not match {writer.full_name} (version {writer.version or 'current'}): "
-            f"{type(exc).__name__}: {exc}"
+            f"{safe_error_text(exc)}"
         ) from exc
     if buffer.tell() != len(body):
         raise UndecodableRecordError(
@@ -80,7 +87,9 @@ def _read_body(body: bytes, writer: KnownSchema, reader: KnownSchema, model: typ
     try:
         return model.model_validate(record)
     except ValidationError as exc:
-        raise UndecodableRecordError(f"{reader.full_name} fails validation: {exc}") from exc
+        raise UndecodableRecordError(
+            f"{reader.full_name} fails validation: {safe_error_text(exc)}"
+        ) from exc
 
 
 def _require_bytes(data: object) -> None:

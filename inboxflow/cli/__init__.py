@@ -8,15 +8,20 @@ from collections.abc import Mapping
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from db.migrate import apply_migrations
+from inboxflow.logs import configure_logging
 from inboxflow.settings import Settings
+from schemas.errors import safe_error_text
 
 # Command -> "module:attribute". A command's module is imported only when that command runs, so a
 # worker process loads the worker, not the local stack, the emulators or the benchmarks.
 COMMANDS: Mapping[str, str] = {
     "accounts": "inboxflow.cli.accounts:accounts",
+    "backfill": "inboxflow.cli.backfill:backfill",
     "bench": "inboxflow.cli.bench:bench",
+    "console": "inboxflow.cli.console:console",
     "dev": "inboxflow.cli.dev:dev",
     "dlq": "inboxflow.cli.ops:dlq",
     "emulator": "inboxflow.cli.emulator:emulator",
@@ -26,10 +31,13 @@ COMMANDS: Mapping[str, str] = {
     "run": "inboxflow.cli.run:run",
     "scheduler": "inboxflow.cli.worker:scheduler",
     "sink": "inboxflow.cli.sink:sink",
+    "status": "inboxflow.cli.status:status",
     "sync": "inboxflow.cli.worker:sync",
     "topics": "inboxflow.cli.topics:topics",
     "worker": "inboxflow.cli.worker:worker",
 }
+# Long-running commands: they log their own INFO lines (one per outcome); libraries stay quiet.
+SERVICES = frozenset({"worker", "sink", "scheduler", "push-receiver"})
 
 
 class _LazyGroup(click.Group):
@@ -54,11 +62,15 @@ class _LazyGroup(click.Group):
 def cli(ctx: click.Context, verbose: int) -> None:
     """inboxflow: Gmail mailboxes as clean, replayable Kafka event streams."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    if verbose == 0:
-        # aiokafka warns on every retry while a new topic's leader is being elected.
-        logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    ctx.obj = Settings()
+    own_level = min(level, logging.INFO) if ctx.invoked_subcommand in SERVICES else level
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        # Never echo the values: a malformed variable may hold a password or a token.
+        configure_logging("auto", level=level, own_level=own_level)
+        raise click.ClickException(f"invalid settings: {safe_error_text(exc)}") from None
+    configure_logging(settings.log_format, level=level, own_level=own_level)
+    ctx.obj = settings
 
 
 @cli.group()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import click
 
 from inboxflow.push import PushSettingsError, run_push_receiver
 from inboxflow.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @click.command("push-receiver")
@@ -21,7 +24,7 @@ def push_receiver(settings: Settings) -> None:
     """
 
     def ready(url: str) -> None:
-        click.echo(f"push receiver at {url}", err=True)
+        log.info("push receiver at %s", url)
 
     try:
         asyncio.run(run_push_receiver(settings, on_ready=ready))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ def run(
         seed=seed,
         mbox=mbox,
         timeout=timeout,
-        console=None if as_json else Console(stderr=True),
+        # Progress bars redraw with cursor codes: only on a terminal, never into a log file.
+        console=Console(stderr=True) if not as_json and sys.stderr.isatty() else None,
     )
     if as_json:
         click.echo(json.dumps(asdict(summary)))

@@ -47,7 +47,14 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from db import accounts
 from db.accounts import Account, AccountState
-from schemas.errors import InboxflowError, PermanentError, TransientError
+from schemas.errors import (
+    InboxflowError,
+    PermanentError,
+    TransientError,
+    redact_secrets,
+    safe_error_message,
+    safe_error_text,
+)
 from schemas.models import SyncRequested
 from schemas.serde import Serde
 from streams.runtime.publisher import Publisher
@@ -121,7 +128,7 @@ def decode_push_envelope(body: bytes) -> PushNotification:
     try:
         envelope = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedPushError(f"push body is not JSON: {exc}") from exc
+        raise MalformedPushError(f"push body is not JSON: {safe_error_text(exc)}") from exc
     message = envelope.get("message") if isinstance(envelope, dict) else None
     if not isinstance(message, dict):
         raise MalformedPushError("push body has no 'message' object")
@@ -131,7 +138,9 @@ def decode_push_envelope(body: bytes) -> PushNotification:
     try:
         payload = json.loads(_b64decode(data))
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise MalformedPushError(f"push message data is not base64-encoded JSON: {exc}") from exc
+        raise MalformedPushError(
+            f"push message data is not base64-encoded JSON: {safe_error_text(exc)}"
+        ) from exc
     if not isinstance(payload, dict):
         raise MalformedPushError("push message data is not a JSON object")
     address = payload.get("emailAddress")
@@ -288,7 +297,7 @@ class OidcPushVerifier:
                 clock_skew_in_seconds=self.clock_skew_seconds,
             )
         except (ValueError, google_auth_exceptions.GoogleAuthError) as exc:
-            raise UnauthorizedPushError(f"push token refused: {exc}") from exc
+            raise UnauthorizedPushError(f"push token refused: {_token_refusal(exc)}") from exc
         if claims.get("iss") not in GOOGLE_ISSUERS:
             raise UnauthorizedPushError(f"push token issued by {claims.get('iss')!r}, not Google")
         if self.service_account is not None and (
@@ -328,7 +337,9 @@ class OidcPushVerifier:
                 status = response.status
                 cache_control = response.headers.get("Cache-Control", "")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TransientError(f"cannot fetch push certs from {self.certs_url}: {exc}") from exc
+            raise TransientError(
+                f"cannot fetch push certs from {self.certs_url}: {safe_error_text(exc)}"
+            ) from exc
         if status != 200:
             raise TransientError(f"push certs at {self.certs_url} answered {status}")
         try:
@@ -416,7 +427,7 @@ class PostgresAccounts:
             async with self._pool.connection(timeout=self._timeout) as conn:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise TransientError(f"accounts database unavailable: {exc}") from exc
+            raise TransientError(f"accounts database unavailable: {safe_error_text(exc)}") from exc
 
     async def account(self, user_id: str) -> Account | None:
         """Return the account of ``user_id`` (any state), None if it is not registered."""
@@ -641,20 +652,20 @@ class PushReceiver:
         except UnauthorizedPushError as exc:
             log.warning("push refused status=%d reason=%s", exc.status, exc)
             headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-            return _answer(exc.status, str(exc), headers)
+            return _answer(exc.status, safe_error_message(exc), headers)
         except TransientError as exc:
             log.warning("push deferred status=503 reason=%s", exc)
-            return _answer(503, str(exc))
+            return _answer(503, safe_error_message(exc))
         try:
             note = decode_push_envelope(await request.read())
         except MalformedPushError as exc:
             log.warning("push refused status=%d reason=%s", exc.status, exc)
-            return _answer(exc.status, str(exc))
+            return _answer(exc.status, safe_error_message(exc))
         try:
             account = await self._accounts.account(note.email_address)
         except TransientError as exc:
             log.warning("push deferred status=503 user=%s reason=%s", note.email_address, exc)
-            return _answer(503, str(exc))
+            return _answer(503, safe_error_message(exc))
         if account is None or account.state is not AccountState.ACTIVE:
             state = "unknown" if account is None else account.state.value
             log.info(
@@ -673,7 +684,7 @@ class PushReceiver:
                 note.message_id,
                 exc,
             )
-            return _answer(503, f"sync request not stored: {exc!r}")
+            return _answer(503, f"sync request not stored: {safe_error_text(exc)}")
         log.info(
             "push accepted user=%s history_id=%d message_id=%s coalesced=%s",
             account.user_id,
@@ -702,6 +713,14 @@ class PushReceiver:
             # The request is in Kafka; only the bookkeeping is late (the scheduler may repeat it).
             log.warning("push could not mark account user=%s reason=%s", user_id, exc)
         log.info("push requested sync user=%s sync_id=%s", user_id, event.sync_id)
+
+
+def _token_refusal(exc: BaseException) -> str:
+    # google-auth's InvalidValue says what is wrong with a well-formed token (expired, wrong
+    # audience); its MalformedError quotes the token's segments, so only its type is told.
+    if isinstance(exc, google_auth_exceptions.InvalidValue):
+        return redact_secrets(str(exc))
+    return safe_error_text(exc)
 
 
 def _answer(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:

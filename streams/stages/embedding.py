@@ -41,6 +41,7 @@ from schemas.errors import (
     RateLimitedError,
     StageTimeoutError,
     TransientError,
+    safe_error_text,
 )
 from streams.runtime.cpu_pool import CpuPool
 
@@ -385,7 +386,9 @@ class OpenAIEmbeddingProvider:
                 f"invalid embedding API URL {self._url!r}. Operator action: fix the base URL."
             ) from exc
         except aiohttp.ClientError as exc:
-            raise TransientError(f"embedding request to {self._url} failed: {exc!r}") from exc
+            raise TransientError(
+                f"embedding request to {self._url} failed: {safe_error_text(exc)}"
+            ) from exc
         if status != 200:
             raise self._classify(status, retry_after, body)
         return self._vectors(body, len(batch))
@@ -417,7 +420,9 @@ class OpenAIEmbeddingProvider:
             vectors = [[float(x) for x in item["embedding"]] for item in items]
             indices = [int(item["index"]) for item in items]
         except (ValueError, KeyError, TypeError) as exc:
-            raise PermanentError(f"malformed embeddings answer from {self._url}: {exc}") from exc
+            raise PermanentError(
+                f"malformed embeddings answer from {self._url}: {safe_error_text(exc)}"
+            ) from exc
         if indices != list(range(expected)):
             raise PermanentError(f"asked for {expected} embeddings, got indices {indices[:10]}")
         for vector in vectors:
@@ -436,4 +441,6 @@ def _error_details(body: bytes) -> tuple[str | None, str]:
         code = error.get("code") or error.get("type")
         return (str(code) if code else None), str(error.get("message", ""))[:300]
     except (ValueError, KeyError, TypeError, AttributeError):
-        return None, body[:300].decode("utf-8", errors="replace")
+        # Not the API's own error object (a proxy's page, an echo of the request): its text
+        # could quote the mail that was sent, so only its size is told.
+        return None, f"a body of {len(body)} bytes that is not an API error object"

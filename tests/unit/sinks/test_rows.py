@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from inboxflow.bench.sink import SinkBenchResult, bench_events
 from schemas import headers as topic_headers
+from schemas.errors import PermanentError
 from schemas.models import EmailNormalized, JobKind, JobStateChanged, JobStatus
 from sinks.base import Decoded, backoff_delay, dead_letter_headers
 from sinks.contacts import latest_emails
@@ -70,7 +71,7 @@ def test_batch_prefers_the_later_record_on_equal_versions() -> None:
 
 def test_dead_letter_keeps_original_headers_first_and_untouched() -> None:
     original = [("trace", b"\xff\x00"), ("trace", b"again")]
-    headers = dead_letter_headers(record(41, headers=original), ValueError("é" * 2000), "grp")
+    headers = dead_letter_headers(record(41, headers=original), PermanentError("é" * 2000), "grp")
     assert headers[:2] == original
     context = dict(headers[2:])
     assert context[topic_headers.ORIGINAL_TOPIC] == b"t"
@@ -78,12 +79,21 @@ def test_dead_letter_keeps_original_headers_first_and_untouched() -> None:
     assert context[topic_headers.ORIGINAL_OFFSET] == b"41"
     assert context[topic_headers.ORIGINAL_TIMESTAMP_TYPE] == b"CreateTime"
     assert context[topic_headers.ORIGINAL_CONSUMER_GROUP] == b"grp"
-    assert context[topic_headers.EXCEPTION_CLASS] == b"builtins.ValueError"
+    assert context[topic_headers.EXCEPTION_CLASS] == b"schemas.errors.PermanentError"
     assert context[topic_headers.ERROR_CLASS] == b"permanent"
     assert context[topic_headers.STAGE] == b"sink"
     message = context[topic_headers.EXCEPTION_MESSAGE]
     assert len(message) <= topic_headers.EXCEPTION_MESSAGE_MAX_BYTES
-    assert message.decode() == "é" * 512  # cut on a character boundary
+    assert message.decode() == "PermanentError: " + "é" * 504  # cut on a character boundary
+
+
+def test_dead_letter_message_never_quotes_the_rows_values() -> None:
+    exc = ValueError("value 'Subject: quarterly numbers' too long for type character varying")
+
+    context = dict(dead_letter_headers(record(41), exc, "grp"))
+
+    assert context[topic_headers.EXCEPTION_MESSAGE] == b"ValueError"
+    assert context[topic_headers.EXCEPTION_CLASS] == b"builtins.ValueError"
 
 
 def test_dead_letter_header_keys_are_the_catalogued_ones() -> None:
