@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import psycopg
 
 from db import accounts
+from inboxflow.health import scheduler_health
 from inboxflow.settings import Settings
 from inboxflow.wiring import catalogue_from, gmail_client_from, kafka_from, serde_from
 from streams.runtime.publisher import KafkaPublisher
@@ -49,16 +50,21 @@ def scheduler_from(
 
 
 async def run_scheduler(settings: Settings) -> None:
-    """Run the scheduler until SIGTERM or SIGINT."""
+    """Run the scheduler until SIGTERM or SIGINT (with its /metrics, /healthz and /readyz)."""
     gmail = gmail_client_from(settings) if settings.gmail_pubsub_topic else None
     scheduler, publisher = scheduler_from(settings, gmail)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    health = scheduler_health(settings) if settings.metrics_port else None
+    if health is not None:
+        await health.start()
     try:
         await scheduler.run(stop)
     finally:
+        if health is not None:
+            await health.stop()
         await publisher.stop()
         if gmail is not None:
             gmail.close()

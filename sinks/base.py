@@ -35,7 +35,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from psycopg.rows import TupleRow
 
 from schemas import headers as h
-from schemas.errors import Failure, PermanentError, RetryClass, TransientError
+from schemas.errors import Failure, PermanentError, RetryClass, TransientError, safe_error_text
 from sinks.metrics import SinkMetrics
 from sinks.offsets import FROM_BEGINNING, StaleOffsetError, advance_offsets, load_offsets
 from topics.kafka import KafkaClients
@@ -77,6 +77,25 @@ class RowWriter(Protocol[RowT]):
 
         Raises one of REJECTED_ROW_ERRORS when Postgres refuses a row; the caller bisects.
         """
+        ...
+
+
+class ProgressObserver(Protocol):
+    """Learns when a partition's records start waiting and when they are committed (liveness).
+
+    ``streams.runtime.liveness.StallTracker`` is one; the sink calls it from its own loop.
+    """
+
+    def arrived(self, topic: str, partition: int, count: int = 1) -> None:
+        """``count`` records of the partition were buffered."""
+        ...
+
+    def progressed(self, topic: str, partition: int, count: int) -> None:
+        """``count`` buffered records of the partition were committed."""
+        ...
+
+    def forget(self, topic: str, partition: int) -> None:
+        """The partition's buffered records were dropped (revoked, or to be read again)."""
         ...
 
 
@@ -140,6 +159,7 @@ class PostgresSink:
         config: connection and batching settings.
         writers: ``{topic: RowWriter}``; the consumer subscribes to exactly these topics.
         metrics: where rows, batch sizes, commit latency and rejections are counted.
+        progress: told when records are buffered and committed (``/healthz``), if given.
     """
 
     def __init__(
@@ -147,8 +167,11 @@ class PostgresSink:
         config: SinkConfig,
         writers: Mapping[str, RowWriter[Any]],
         metrics: SinkMetrics,
+        progress: ProgressObserver | None = None,
     ) -> None:
         self._config = config
+        self._progress = progress
+        self._joined = False  # a first assignment arrived (an empty one counts)
         self._writers = dict(writers)
         self._metrics = metrics
         self._consumer: AIOKafkaConsumer | None = None
@@ -165,6 +188,17 @@ class PostgresSink:
     def positioned(self) -> frozenset[TopicPartition]:
         """Partitions this sink owns and reads from their stored offsets (for health checks)."""
         return frozenset(self._stored) - self._unpositioned
+
+    @property
+    def joined(self) -> bool:
+        """True once the consumer joined its group and received an assignment (maybe empty)."""
+        return self._joined
+
+    @property
+    def assigned(self) -> frozenset[TopicPartition]:
+        """Partitions the consumer owns now (empty before it joined)."""
+        consumer = self._consumer
+        return frozenset(consumer.assignment()) if consumer is not None else frozenset()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume and write until ``stop`` is set; the batch in progress finishes first."""
@@ -191,6 +225,7 @@ class PostgresSink:
     def hold_partitions(self, assigned: set[TopicPartition]) -> None:
         """Pause newly assigned partitions until their stored offsets have been sought."""
         consumer = self._require_consumer()
+        self._joined = True
         for tp in assigned:
             self._forget(tp)
             self._unpositioned.add(tp)
@@ -205,6 +240,8 @@ class PostgresSink:
         log.info("partitions revoked group=%s partitions=%s", self._config.group_id, revoked)
 
     def _forget(self, tp: TopicPartition) -> None:
+        if self._progress is not None and self._buffer.get(tp):
+            self._progress.forget(tp.topic, tp.partition)
         self._buffer.pop(tp, None)
         self._stored.pop(tp, None)
         self._next.pop(tp, None)
@@ -358,12 +395,15 @@ class PostgresSink:
             if expected is None or tp in self._unpositioned:
                 continue  # not sought to its stored offset yet: it will be read again
             buffer = self._buffer.setdefault(tp, [])
+            before = len(buffer)
             for record in records:
                 if record.offset < expected:
                     continue  # fetched before our seek
                 buffer.append(record)
                 expected = record.offset + 1
             self._next[tp] = expected
+            if self._progress is not None:
+                self._progress.arrived(tp.topic, tp.partition, len(buffer) - before)
 
     async def _flush(self, conn: Connection) -> None:
         batch = {tp: list(records) for tp, records in self._buffer.items() if records}
@@ -385,6 +425,9 @@ class PostgresSink:
         self._metrics.batches.observe(count)
         self._metrics.rejected.inc(len(dead))
         committed = self._after_commit(moves)
+        if self._progress is not None:
+            for tp in committed:
+                self._progress.progressed(tp.topic, tp.partition, len(batch[tp]))
         await self._commit_kafka(committed)
 
     def _decode(
@@ -493,7 +536,7 @@ def dead_letter_headers(
     origin = h.Origin(
         record.topic, record.partition, record.offset, record.timestamp, group_id, timestamp_type
     )
-    failure = Failure(RetryClass.PERMANENT, str(exc))
+    failure = Failure(RetryClass.PERMANENT, safe_error_text(exc))  # never the row's values
     return [
         *record.headers,
         *h.origin_headers(origin),

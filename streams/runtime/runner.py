@@ -119,7 +119,11 @@ class StageRunner:
             if ref is not None
         ]
         started = await self._send_best_effort(starts)
+        processing_at = time.perf_counter()
         outcomes = await self._process(records)
+        self.metrics.process_seconds.labels(self.group.group_id, self.stage.name).observe(
+            time.perf_counter() - processing_at
+        )
         self._record_health(breakers, outcomes)
         items = [
             _Pending(record, ref, attempt, outcome, *self._follow_up(record, ref, attempt, outcome))

@@ -25,8 +25,10 @@ from typing import Any, cast
 import faust
 from mode import Service
 
+from schemas.errors import InboxflowError
 from schemas.serde import Serde
 from streams.runtime.app import create_app
+from streams.runtime.liveness import StallTracker
 from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.retry_relay import RetryRelay
 from streams.runtime.runner import StageRunner
@@ -42,10 +44,16 @@ RELAY_STOP_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class BatchConfig:
-    """How many records an agent takes at once, and how long it waits to fill a batch."""
+    """How many records an agent takes at once, and how long it waits to fill a batch.
+
+    ``window_batches``: batches' worth of records the agent takes ahead of the one at work
+    (``WINDOW_EVENTS_PER_BATCH`` unless given); a slow, paced lane keeps few, since a rebalance
+    or a stop waits until every taken record is acked.
+    """
 
     size: int = 100
     within: float = 0.2
+    window_batches: int | None = None
 
 
 DEFAULT_BUFFER_BYTES = 1024 * 1024 * 1024
@@ -56,6 +64,10 @@ _MIN_FETCH_BYTES = 64 * 1024
 _MAX_FETCH_BYTES = 1024 * 1024  # faust's default
 _MAX_POLL_RECORDS = 500  # short polls keep heartbeats alive (robinhood#402)
 _MAX_BUFFER_EVENTS = 4096  # faust's default
+
+
+class BufferBudgetError(InboxflowError, ValueError):
+    """The worker buffer budget cannot hold the source topics' largest records."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +121,8 @@ def plan_buffers(budget_bytes: int, sources: Sequence[TopicSpec]) -> BufferPlan:
     has its own agent.
 
     Raises:
-        ValueError: The budget cannot hold that: the message says how much would.
+        BufferBudgetError: The budget cannot hold that: the message says how much would (a
+            ``ValueError``, and an ``InboxflowError`` so that logs keep the message).
     """
     if not sources:
         raise ValueError("a worker needs at least one source topic")
@@ -126,7 +139,7 @@ def plan_buffers(budget_bytes: int, sources: Sequence[TopicSpec]) -> BufferPlan:
     window = (left - (poll_records + agents * (buffer_events + 1)) * largest) // agents
     if window < largest:
         needed = partitions * max(fetch, largest) + (1 + 4 * agents) * largest
-        raise ValueError(
+        raise BufferBudgetError(
             f"a worker buffer budget of {budget_bytes} bytes cannot hold {partitions} "
             f"partitions of records up to {largest} bytes. Operator action: raise it "
             f"(INBOXFLOW_WORKER_BUFFER_BYTES) to at least {needed}"
@@ -235,12 +248,19 @@ def build_worker_app(
     on_stop: Callable[[], Awaitable[None]] | None = None,
     serde: Serde | None = None,
     buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+    stalls: StallTracker | None = None,
+    topic_batches: Mapping[str, BatchConfig] | None = None,
 ) -> faust.App:
     """Return a faust App running ``stages`` (by source topic) for ``group``, with its relay.
+
+    ``topic_batches`` overrides ``batch`` for some source topics (the backfill lane takes
+    smaller batches than live traffic).
 
     ``serde`` encodes the job states, as the stages' own serde encodes their events (default:
     single-object encoding). ``buffer_bytes`` bounds the consumed records the worker holds
     (see ``plan_buffers``); a budget too small for the sources raises ``ValueError``.
+    ``stalls``, if given, learns when each source partition's records start waiting and when
+    they are acked (the worker's liveness).
     """
     plan = plan_buffers(buffer_bytes, [catalogue.topic(name) for name in stages])
     log.info(
@@ -276,7 +296,8 @@ def build_worker_app(
         for topic, stage in stages.items()
     }
     for topic_name, runner in runners.items():
-        _add_agent(app, topic_name, runner, batch, plan.window_bytes)
+        topic_batch = (topic_batches or {}).get(topic_name, batch)
+        _add_agent(app, topic_name, runner, topic_batch, plan.window_bytes, stalls)
     relay = RetryRelay(
         kafka=kafka,
         group_id=group.retry_group_id,
@@ -326,7 +347,12 @@ def build_worker_app(
 
 
 def _add_agent(
-    app: faust.App, topic_name: str, runner: StageRunner, batch: BatchConfig, window_bytes: int
+    app: faust.App,
+    topic_name: str,
+    runner: StageRunner,
+    batch: BatchConfig,
+    window_bytes: int,
+    stalls: StallTracker | None,
 ) -> None:
     topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
 
@@ -336,10 +362,13 @@ def _add_agent(
         # task cuts batches from it, so a batch is `batch.size` small records or as many large
         # ones as the budget allows, where faust's take() could only count them.
         manual = cast(faust.Stream[bytes], stream).noack()
-        window = TakenWindow(window_bytes, max_events=WINDOW_EVENTS_PER_BATCH * batch.size)
-        batches = asyncio.create_task(_run_batches(window, manual, runner, batch))
+        ahead = batch.window_batches or WINDOW_EVENTS_PER_BATCH
+        window = TakenWindow(window_bytes, max_events=ahead * batch.size)
+        batches = asyncio.create_task(_run_batches(window, manual, runner, batch, stalls))
         try:
             async for event in manual.events():
+                if stalls is not None:  # waiting from now: in faust's hands, then the window
+                    stalls.arrived(event.message.topic, event.message.partition)
                 await window.put(event, event_bytes(event))
         finally:
             batches.cancel()
@@ -350,7 +379,11 @@ def _add_agent(
 
 
 async def _run_batches(
-    window: TakenWindow, stream: faust.StreamT[bytes], runner: StageRunner, batch: BatchConfig
+    window: TakenWindow,
+    stream: faust.StreamT[bytes],
+    runner: StageRunner,
+    batch: BatchConfig,
+    stalls: StallTracker | None = None,
 ) -> None:
     """Run batches from the window, in order, acking each once its results are safe."""
     try:
@@ -360,6 +393,8 @@ async def _run_batches(
             await runner.run_until_done([record_from_event(event) for event in events])
             for event in events:
                 await stream.ack(event)
+                if stalls is not None:
+                    stalls.progressed(event.message.topic, event.message.partition, 1)
             await window.release(taken)
     except BaseException as exc:
         await window.close(exc)

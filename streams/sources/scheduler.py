@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,7 @@ import psycopg
 from db import accounts
 from schemas.models import SyncRequested
 from schemas.serde import Serde
+from streams.runtime.metrics import gmail_watch_expiry
 from streams.runtime.publisher import Publisher
 from streams.stages.base import event_record
 
@@ -87,6 +89,8 @@ class SyncScheduler:
                     await self._tick_until(conn, stop)
             except psycopg.OperationalError as exc:
                 self.holds_lock = False
+                if self.renew_watch is not None:
+                    gmail_watch_expiry().set(math.nan)  # another replica reports it now
                 log.warning("scheduler lost Postgres, retrying in %.0fs: %s", delay, exc)
                 await _wait(stop, delay)
                 delay = min(delay * 2, 30.0)
@@ -158,6 +162,9 @@ class SyncScheduler:
             renewed.append(user)
         if renewed:
             log.info("renewed %d gmail watches", len(renewed))
+        earliest = await accounts.earliest_watch_expiry(conn)
+        left = (earliest - now).total_seconds() if earliest is not None else math.nan
+        gmail_watch_expiry().set(left)
         return renewed
 
 

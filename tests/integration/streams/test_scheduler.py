@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from db import accounts
 from devstack.gmail_emulator import GmailEmulator
@@ -26,6 +27,7 @@ from tests.memory_publisher import MemoryPublisher
 from tests.pipeline_support import read_topic
 from topics.admin import ensure_topics
 from topics.catalogue import build_catalogue
+from topics.kafka import KafkaClients
 
 
 def requests_for(bootstrap: str, topic: str) -> list[SyncRequested]:
@@ -60,7 +62,7 @@ def schedulers(
 ) -> Iterator[tuple[ProcessGroup, str]]:
     namespace = unique_name("sched")
     catalogue = build_catalogue(namespace)
-    asyncio.run(ensure_topics(kafka_bootstrap, [catalogue.sync_requested]))
+    asyncio.run(ensure_topics(KafkaClients(kafka_bootstrap), [catalogue.sync_requested]))
     base: dict[str, Any] = {
         **{k: v for k, v in os.environ.items() if not k.startswith("INBOXFLOW_")},
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -162,12 +164,18 @@ async def test_the_lock_holder_keeps_gmail_watches_alive(
             account = await accounts.get_account(conn, "watched@x.test")
             assert account.watch_expires_at is not None
             assert account.watch_expires_at > datetime.now(UTC) + timedelta(days=6)
+            left = REGISTRY.get_sample_value("inboxflow_gmail_watch_expiry_seconds")
+            assert left is not None
+            assert left > timedelta(days=6).total_seconds()  # what the alert watches
 
             assert await scheduler.renew_watches(conn) == []  # renewed today: nothing to do
             await conn.execute(  # one watch is about to expire
                 "UPDATE accounts SET watch_expires_at = now() + interval '1 hour'"
                 " WHERE user_id = 'watched@x.test'"
             )
+            earliest = await accounts.earliest_watch_expiry(conn)
+            assert earliest is not None
+            assert earliest < datetime.now(UTC) + timedelta(hours=1, minutes=1)
             assert await scheduler.renew_watches(conn) == ["watched@x.test"]
             await accounts.set_state(conn, "fresh@x.test", accounts.AccountState.PAUSED)
             await conn.execute("UPDATE accounts SET watch_renewed_at = now() - interval '2 days'")
