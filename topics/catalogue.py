@@ -151,6 +151,8 @@ class Catalogue:
     namespace: str
     sync_requested: TopicSpec
     message_discovered: TopicSpec
+    backfill_requested: TopicSpec
+    backfill_discovered: TopicSpec
     message_deleted: TopicSpec
     message_labels_changed: TopicSpec
     message_fetched: TopicSpec
@@ -173,6 +175,8 @@ class Catalogue:
         return (
             self.sync_requested,
             self.message_discovered,
+            self.backfill_requested,
+            self.backfill_discovered,
             self.message_deleted,
             self.message_labels_changed,
             self.message_fetched,
@@ -209,7 +213,8 @@ class Catalogue:
         raise KeyError(f"no topic {name!r} in catalogue {self.namespace!r}")
 
     def topic_for(self, model: type[Event]) -> TopicSpec:
-        """Return the event topic whose values are ``model`` records."""
+        """Return the live event topic whose values are ``model`` records (the backfill lane's
+        topics carry ``SyncRequested`` and ``MessageDiscovered`` too, and come after)."""
         for spec in self.event_topics:
             if spec.value_model is model:
                 return spec
@@ -272,6 +277,8 @@ class _EventTopic:
 #   destroy the rest: delete policy, 30 days. Postgres `jobs` is the durable state; a new sink
 #   rebuilds recent state from the topic, older jobs are already in the table.
 # - sync-requested and message-discovered are commands and work lists, useful for audits only.
+# - backfill-requested and backfill-discovered are the backfill lane's copies of those two: the
+#   same records on topics of their own, so a backfill never queues in front of live traffic.
 _EVENT_TOPICS = (
     _EventTopic(
         "gmail", "sync-requested", SyncRequested, 30, None, "Requests to sync one user's mailbox."
@@ -283,6 +290,22 @@ _EVENT_TOPICS = (
         30,
         None,
         "Gmail message ids found by a sync, still to be fetched.",
+    ),
+    _EventTopic(
+        "gmail",
+        "backfill-requested",
+        SyncRequested,
+        30,
+        None,
+        "Backfills (full resyncs at a capped share of the user's quota) and their listing pages.",
+    ),
+    _EventTopic(
+        "gmail",
+        "backfill-discovered",
+        MessageDiscovered,
+        30,
+        None,
+        "Gmail message ids found by a backfill, fetched at the backfill's share of the quota.",
     ),
     _EventTopic(
         "gmail",
@@ -397,10 +420,13 @@ class _GroupPlan:
 _GROUPS = (
     _GroupPlan(
         "sync",
-        "Lists a mailbox on each sync request and fetches each discovered message from Gmail.",
-        ("sync_requested", "message_discovered"),
+        "Lists a mailbox on each sync request and fetches each discovered message from Gmail; "
+        "backfills go through a lane of their own at a capped share of the quota.",
+        ("sync_requested", "message_discovered", "backfill_requested", "backfill_discovered"),
         (
             "message_discovered",
+            "backfill_requested",
+            "backfill_discovered",
             "message_deleted",
             "message_labels_changed",
             "message_fetched",
@@ -549,6 +575,8 @@ def build_catalogue(
         namespace=namespace,
         sync_requested=events["sync_requested"],
         message_discovered=events["message_discovered"],
+        backfill_requested=events["backfill_requested"],
+        backfill_discovered=events["backfill_discovered"],
         message_deleted=events["message_deleted"],
         message_labels_changed=events["message_labels_changed"],
         message_fetched=events["message_fetched"],
@@ -570,6 +598,8 @@ def build_catalogue(
 _EVENT_ATTRIBUTES = (
     "sync_requested",
     "message_discovered",
+    "backfill_requested",
+    "backfill_discovered",
     "message_deleted",
     "message_labels_changed",
     "message_fetched",

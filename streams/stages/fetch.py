@@ -4,14 +4,20 @@ Runs in the sync consumer group so one process owns a user's Gmail quota for bot
 fetching. Messages are fetched once, in planned batches; a message deleted in Gmail since it was
 listed is a clean outcome (its job ends done), not an error. The fetched payload goes to a topic
 kept forever, so every later stage can be replayed without calling Gmail again.
+
+The backfill lane runs a second instance on its own topic (``backfill-discovered``): its batches
+spend at most the lane's share of each user's quota (``GmailClient`` lane limiter) and at most
+``pace`` messages a second over all users, so live fetches never queue behind it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+from schemas.errors import PermanentError
 from schemas.models import GmailMessageFetched, JobKind, MessageDiscovered
 from schemas.serde import Serde
 from streams.runtime.stage import JobRef, Outcome, Record
@@ -23,12 +29,12 @@ from streams.stages.gmail.client import (
     MessageGone,
     MessageRef,
 )
+from streams.stages.gmail.limiter import QuotaLimiter
 
 
 class FetchStage:
     """Fetches discovered messages from Gmail, batched per user."""
 
-    name = "fetch"
     kind = JobKind.NORMALIZE_GOOGLE_EMAIL
     phase = 0  # normalize (phase 1) finishes the same job
 
@@ -40,7 +46,19 @@ class FetchStage:
         fetched_topic: str,
         timeout: float,
         clock: Callable[[], float] = time.time,
+        name: str = "fetch",
+        lane: str | None = None,
+        pace: QuotaLimiter | None = None,
     ) -> None:
+        """
+        Args:
+            name: agent name within the group (``fetch``; the backfill lane's ``backfill-fetch``).
+            lane: the Gmail client lane whose share of each user's quota the fetches spend.
+            pace: a limiter in messages (not units) every batch waits on first, over all users.
+        """
+        self.name = name
+        self.lane = lane
+        self.pace = pace
         self.discovered = Decoder(serde, MessageDiscovered)
         self.serde = serde
         self.gmail = gmail
@@ -58,25 +76,32 @@ class FetchStage:
         return JobRef(event.user_id, event.message_id, batch_id=event.sync_id)
 
     async def process(self, records: Sequence[Record]) -> list[Outcome]:
-        """Fetch every decodable record, one planned batch per user."""
+        """Fetch every decodable record, one planned batch per user, the users concurrently."""
         decoded = self.discovered.decode_each(records)
         outcomes: list[Outcome] = [Outcome() for _ in records]
-        by_user: dict[str, list[int]] = {}
+        by_user: dict[str, list[tuple[int, MessageDiscovered]]] = {}
         for index, event in enumerate(decoded):
             if isinstance(event, Exception):
                 outcomes[index] = Outcome(error=event)
             else:
-                by_user.setdefault(event.user_id, []).append(index)
-        for user, indexes in by_user.items():
-            events = [decoded[i] for i in indexes]
-            for index, outcome in zip(indexes, await self._fetch(user, events), strict=True):  # type: ignore[arg-type]
+                by_user.setdefault(event.user_id, []).append((index, event))
+        # Users side by side: each waits on its own quota (and lane share), not on the others'.
+        fetched = await asyncio.gather(
+            *(self._fetch(user, [event for _, event in items]) for user, items in by_user.items())
+        )
+        for items, results in zip(by_user.values(), fetched, strict=True):
+            for (index, _), outcome in zip(items, results, strict=True):
                 outcomes[index] = outcome
         return outcomes
 
     async def _fetch(self, user: str, events: list[MessageDiscovered]) -> list[Outcome]:
         refs = [MessageRef(e.message_id, e.thread_id or None) for e in events]
         try:
-            results = await self.gmail.fetch_messages(user, refs, need=FetchNeed.RAW)
+            if self.pace is not None:
+                await self.pace.acquire(len(refs), slots=0)
+            results = await self.gmail.fetch_messages(
+                user, refs, need=FetchNeed.RAW, lane=self.lane
+            )
         except Exception as exc:  # noqa: BLE001 - each message of the user fails alike
             return [Outcome(error=exc) for _ in events]
         return [self._outcome(event, results.get(event.message_id)) for event in events]
@@ -87,7 +112,7 @@ class FetchStage:
         if isinstance(result, MessageGone):
             return Outcome(note="deleted in Gmail since it was listed")
         if result is None or result.raw is None:
-            return Outcome(error=RuntimeError(f"no raw payload for {event.message_id}"))
+            return Outcome(error=PermanentError(f"no raw payload for {event.message_id}"))
         fetched = GmailMessageFetched(
             user_id=event.user_id,
             message_id=result.id,

@@ -45,15 +45,16 @@ def test_no_worker_can_hold_more_than_its_budget(group: Any, budget: int) -> Non
 
 def test_raw_mail_topics_get_a_buffer_of_a_few_records_small_ones_of_hundreds() -> None:
     raw = plan_buffers(GIB, CATALOGUE.normalize.sources)  # message-fetched: 64 MiB records
-    small = plan_buffers(GIB, CATALOGUE.sync.sources)  # 1 MiB records, two topics
+    small = plan_buffers(GIB, CATALOGUE.sync.sources)  # 1 MiB records, four topics
 
     assert (raw.largest_record, raw.partitions) == (64 * MIB, 6)
     assert raw.buffer_events == 2  # faust's default of 4,096 could hold 256 GiB here
     assert raw.poll_records == 1
     assert raw.window_bytes == 384 * MIB  # six raw messages of the largest size, or 30,000 small
-    # Two agents (sync requests, discovered messages), a buffer and a window each.
-    assert (small.partitions, small.agents) == (12, 2)
-    assert (small.buffer_events, small.poll_records) == (126, 63)
+    # Four agents (sync requests, discovered messages, and the backfill lane's two), a buffer
+    # and a window each.
+    assert (small.partitions, small.agents) == (24, 4)
+    assert (small.buffer_events, small.poll_records) == (62, 31)
     assert small.fetch_bytes == MIB
 
 
