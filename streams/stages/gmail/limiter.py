@@ -5,14 +5,17 @@ A token bucket refilled at ``target_utilization`` x the per-user ceiling, holdin
 count of sub-requests in flight. A throttle from Google empties the bucket and blocks every caller
 until the "Retry after" time (or a jittered exponential backoff capped at the quota window, not at
 10 s); a concurrency throttle halves the allowed concurrency, each success adds one back.
-Callers on one event loop; not thread-safe.
+Callers on one event loop; not thread-safe, except ``units_in_window``, which the metrics server's
+thread reads (``inboxflow_gmail_user_units``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 
@@ -59,6 +62,9 @@ class QuotaLimiter:
         self._consecutive_throttles = 0
         self.units_sent = 0
         self.throttles = 0
+        # (clock time, units) of each acquire within the last window, for units_in_window.
+        self._spent: deque[tuple[float, int]] = deque()
+        self._spent_lock = threading.Lock()
 
     def _refill(self, now: float) -> None:
         if now > self._last:
@@ -89,7 +95,20 @@ class QuotaLimiter:
                 self._tokens -= units
                 self.in_flight += slots
                 self.units_sent += units
+                with self._spent_lock:
+                    self._spent.append((now, units))
+                    self._forget_spent(now)
                 return
+
+    def units_in_window(self) -> int:
+        """Return the units taken in the last ``window_seconds``; safe from any thread."""
+        with self._spent_lock:
+            self._forget_spent(self._clock())
+            return sum(units for _at, units in self._spent)
+
+    def _forget_spent(self, now: float) -> None:
+        while self._spent and self._spent[0][0] <= now - self.window_seconds:
+            self._spent.popleft()
 
     def release(self, slots: int = 1) -> None:
         """Return ``slots`` taken by ``acquire`` once their responses are in."""
