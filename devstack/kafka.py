@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import uuid
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from devstack.maven import resolve_once
 from devstack.processes import (
+    StackError,
     free_port,
     log_tail,
     run_checked,
@@ -196,24 +198,71 @@ def ensure_classpath(cache_dir: Path, version: str = KAFKA_VERSION) -> Path:
 
 @dataclass
 class KafkaBroker:
-    """A running broker; ``stop()`` shuts it down and removes its storage."""
+    """A broker; ``halt()``/``start()`` keep its ports, config and storage, ``stop()`` ends it."""
 
     bootstrap: str
     pid: int
     work_dir: Path
     process: subprocess.Popen[bytes] | None = None
     security: BrokerSecurity | None = None
+    argv: list[str] = field(default_factory=list, repr=False)  # the JVM command line
+    die_with_parent: bool = False
 
     @property
     def security_protocol(self) -> str:
         """What clients must speak on ``bootstrap``: PLAINTEXT, or SASL_SSL when secure."""
         return "PLAINTEXT" if self.security is None else "SASL_SSL"
 
+    @property
+    def log_path(self) -> Path:
+        """The broker's console log; every start appends to it."""
+        return self.work_dir / "broker.log"
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start the JVM on the existing config and storage; wait for its "started" line.
+
+        Only a line written by this start counts: the log keeps those of earlier runs.
+        """
+        if self.pid:
+            raise StackError(f"Kafka broker pid {self.pid} is still running")
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.process = spawn(
+            self.argv, log_path=self.log_path, die_with_parent=self.die_with_parent
+        )
+        self.pid = self.process.pid
+
+        def started() -> bool:
+            with self.log_path.open("rb") as log_file:
+                log_file.seek(offset)
+                return STARTED_LINE.encode() in log_file.read()
+
+        wait_for(
+            started,
+            timeout=timeout,
+            what="Kafka broker",
+            process=self.process,
+            log_path=self.log_path,
+        )
+
+    def halt(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop the JVM, keeping config and storage; ``SIGKILL`` makes it a crash.
+
+        After SIGTERM a broker that outlives the grace period is killed.
+        """
+        if self.pid:
+            stop_group(self.pid, sig=sig, grace=15.0)
+            if self.process is not None:
+                self.process.wait(timeout=5)
+            self.pid = 0
+
+    def restart(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 120.0) -> None:
+        """Halt and start again on the same ports, config and storage (for outage tests)."""
+        self.halt(sig)
+        self.start(timeout)
+
     def stop(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after a grace period)."""
-        stop_group(self.pid, grace=15.0)
-        if self.process is not None:
-            self.process.wait(timeout=5)
+        self.halt()
 
 
 def _jvm_args(libs: Path, log_config: Path, heap: str) -> list[str]:
@@ -281,27 +330,24 @@ def start_broker(
         [*jvm, _STORAGE_TOOL, "format", "-t", _cluster_id(), "-c", str(config), *scram],
         what="formatting Kafka storage",
     )
-    log_path = work_dir / "broker.log"
-    log_path.write_text("")
-    process = spawn(
-        [*jvm, _MAIN_CLASS, str(config)], log_path=log_path, die_with_parent=die_with_parent
+    (work_dir / "broker.log").write_text("")
+    broker = KafkaBroker(
+        f"127.0.0.1:{broker_port}",
+        0,
+        work_dir,
+        security=security,
+        argv=[*jvm, _MAIN_CLASS, str(config)],
+        die_with_parent=die_with_parent,
     )
-    broker = KafkaBroker(f"127.0.0.1:{broker_port}", process.pid, work_dir, process, security)
     try:
-        wait_for(
-            lambda: STARTED_LINE in log_path.read_text(errors="replace"),
-            timeout=timeout,
-            what="Kafka broker",
-            process=process,
-            log_path=log_path,
-        )
+        broker.start(timeout)
     except BaseException:
         broker.stop()
         raise
     log.info(
         "kafka started bootstrap=%s pid=%s protocol=%s",
         broker.bootstrap,
-        process.pid,
+        broker.pid,
         broker.security_protocol,
     )
     return broker

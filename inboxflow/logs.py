@@ -240,7 +240,7 @@ _UNREACHABLE_MESSAGES = (
     "Unable to request metadata",
     "Group Coordinator Request failed",
     "FindCoordinator Request failed",
-    "marking coordinator dead",
+    "Marking the coordinator dead",
     "Heartbeat send request failed",
     "Heartbeat session expired",
     "Failed fetch messages from",
