@@ -16,7 +16,8 @@ Each exception carries the retry class that decides what happens to the record t
         ├── UndecodableRecordError  PERMANENT   bytes that no known schema reads
         ├── StaleHistoryError       PERMANENT   historyId too old; sync does a full resync
         ├── AccountRevokedError     PERMANENT   Gmail grant gone (invalid_grant); account revoked
-        └── CredentialsError        PERMANENT   stored credentials unusable (key missing, altered)
+        ├── CredentialsError        PERMANENT   stored credentials unusable (key missing, altered)
+        └── MimeBombError           PERMANENT   MIME nested or split past the parser's limits
 
 Each dependency is wrapped once, where it is called (the Gmail client, the embedding provider,
 the sinks), into one of these classes. ``classify`` maps any exception to a ``Failure``: pure, and
@@ -131,6 +132,14 @@ class AccountRevokedError(PermanentError):
 
 class CredentialsError(PermanentError):
     """The account's stored Gmail credentials cannot be used; fix the settings, then redrive."""
+
+
+class MimeBombError(PermanentError):
+    """The message's MIME tree is nested deeper or split into more parts than mail ever is.
+
+    Such a message is hostile or broken beyond repair: parsing it would take minutes and memory
+    for nothing, so it is refused before the tree is built and goes to the dead-letter topic.
+    """
 
 
 _ERROR_FOR_CLASS: dict[RetryClass, type[InboxflowError]] = {

@@ -75,7 +75,16 @@ def _read_body(body: bytes, writer: KnownSchema, reader: KnownSchema, model: typ
             buffer, writer.parsed, None if writer is reader else reader.parsed
         )
     # fastavro raises a mix of these on truncated or garbled input; all mean "not this schema".
-    except (EOFError, ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError) as exc:
+    # OverflowError: a timestamp-millis long past what datetime holds (year 10000 and later).
+    except (
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        UnicodeDecodeError,
+        OverflowError,
+    ) as exc:
         raise UndecodableRecordError(
             f"body does not match {writer.full_name} (version {writer.version or 'current'}): "
             f"{safe_error_text(exc)}"

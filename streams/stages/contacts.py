@@ -192,7 +192,11 @@ def normalize_address(address: str) -> str:
     and U-label spellings of one domain (``xn--bcher-kva.de``, ``BÜCHER.de``) become one
     (``bücher.de``). A domain that is not valid IDNA stays as lower-cased text.
     """
-    text = unicodedata.normalize("NFC", address.strip().strip("<>").strip().lower())
+    text = address
+    # To a fixed point: "a> >" loses " >" and then ">", as a second call would.
+    while (stripped := text.strip().strip("<>")) != text:
+        text = stripped
+    text = unicodedata.normalize("NFC", text.lower())
     local, at, domain = text.rpartition("@")
     if not at:
         return text

@@ -5,36 +5,43 @@ message and maps the result onto the Avro ``EmailNormalized`` event (see
 :meth:`NormalizedEmail.as_event_fields`). This module is synchronous and deterministic: no I/O,
 no clock, no settings. It must not import ``inboxflow.wiring`` or anything that does I/O.
 
-Robustness contract: any byte string yields a result. Mail in the wild has broken headers,
-unknown or lying charsets, bad base64 and truncated MIME trees; each of those degrades one field
-(to ``None``, ``""`` or a best-effort decode) and never the whole message. Every string in the
-result is valid Unicode without lone surrogates or NUL characters, so it can be written to Avro
-and to Postgres ``text`` columns as is.
+Robustness contract: any byte string yields a result, except a MIME bomb (a tree nested deeper
+than :data:`MAX_MIME_DEPTH` or split into more than :data:`MAX_MIME_PARTS` parts), which raises
+:class:`schemas.errors.MimeBombError` (PERMANENT) before the tree is built. Mail in the wild has
+broken headers, unknown or lying charsets, bad base64 and truncated MIME trees; each of those
+degrades one field (to ``None``, ``""`` or a best-effort decode) and never the whole message.
+Every string in the result is valid Unicode without lone surrogates or NUL characters, so it can
+be written to Avro and to Postgres ``text`` columns as is.
 """
 
 from __future__ import annotations
 
 import codecs
+import functools
 import html
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
+from email.feedparser import BytesFeedParser
 from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
-from email.parser import BytesParser
+from email.policy import EmailPolicy
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import charset_normalizer
 
+from schemas.errors import MimeBombError
 from schemas.models import EmailNormalized, GmailMessageFetched
 from streams.stages.contacts import parse_mailboxes
 from streams.stages.html_text import html_to_text, meta_charsets
 
 __all__ = [
     "DEFAULT_MAX_TEXT_CHARS",
+    "MAX_MIME_DEPTH",
+    "MAX_MIME_PARTS",
     "SNIPPET_CHARS",
     "Attachment",
     "EmailAddress",
@@ -49,8 +56,17 @@ SNIPPET_CHARS = 200
 # Kafka's default max.message.bytes is 1 MiB: a body cut at 200k characters (<= 800 kB UTF-8)
 # keeps an EmailNormalized event under it. Pass ``max_text_chars=None`` to keep everything.
 DEFAULT_MAX_TEXT_CHARS = 200_000
-# Deeper MIME trees than this are hostile or broken; parts below are ignored.
-_MAX_DEPTH = 32
+# Real mail nests a handful of levels (a forward of a forward of a signed message: under 10) and
+# has at most a few hundred parts. The stdlib parser costs O(depth) per line, so O(depth^2) for a
+# deep tree (500 levels: 4 s; 2,000 levels: a RecursionError after 17 s): deeper or larger trees
+# are refused as MIME bombs.
+MAX_MIME_DEPTH = 50
+MAX_MIME_PARTS = 5_000
+# The policy's header parser is quadratic in the number of words (it re-slices the rest of the
+# value after each one): a 100 kB Content-Type of comma-separated words took 4.4 s, a 1.7 MB
+# References header 8 s. Values it parses are cut to this length (a Content-Type or a filename
+# never comes near it) and cached; References and the address headers are read raw instead.
+_MAX_PARSED_HEADER_CHARS = 4096
 
 _T = TypeVar("_T")
 
@@ -168,7 +184,7 @@ def normalize_message(
 ) -> NormalizedEmail:
     """Parse raw RFC 5322 bytes into a :class:`NormalizedEmail`.
 
-    Pure and deterministic; never raises on any input bytes.
+    Pure and deterministic; raises nothing but :class:`MimeBombError` on any input bytes.
 
     Args:
         raw: The whole message (Gmail ``format=raw``, base64url already decoded).
@@ -183,6 +199,10 @@ def normalize_message(
     Returns:
         The normalized message. Body choice: the inline ``text/plain`` parts joined by a blank
         line; when they are all empty, the inline ``text/html`` parts converted to text.
+
+    Raises:
+        MimeBombError: the MIME tree nests deeper than :data:`MAX_MIME_DEPTH` levels or has more
+            than :data:`MAX_MIME_PARTS` parts (PERMANENT: the record goes to the DLQ).
     """
     msg = _parse(raw)
     text = _body_text(msg)
@@ -207,12 +227,16 @@ def normalize_message(
         attachments=tuple(_attachments(msg)),
         message_id_header=_first_msg_id(_header_text(msg, "message-id")),
         in_reply_to=_first_msg_id(_header_text(msg, "in-reply-to")),
-        references=_msg_ids(_header_text(msg, "references")),
+        references=_msg_ids(_raw_header_text(msg, "references")),
     )
 
 
 def normalized_event(fetched: GmailMessageFetched, now: datetime) -> EmailNormalized:
-    """Return the EmailNormalized event of a fetched message (pure; ``now`` stamps it)."""
+    """Return the EmailNormalized event of a fetched message (pure; ``now`` stamps it).
+
+    Raises:
+        MimeBombError: see :func:`normalize_message`.
+    """
     parsed = normalize_message(
         fetched.raw,
         message_id=fetched.message_id,
@@ -359,11 +383,83 @@ def _guard(call: Callable[[], _T], default: _T) -> _T:
         return default
 
 
+class _BoundedPolicy(EmailPolicy):
+    """``policy.default`` with hostile header lengths cut before the header parser sees them,
+    and each parse cached: ``Message.get`` parses the value again on every access, and the MIME
+    walk reads a part's Content-Type and Content-Disposition several times."""
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        return _parsed_header(name, value[:_MAX_PARSED_HEADER_CHARS])
+
+
+_POLICY = _BoundedPolicy()
+# Writes headers back as they came: refolding a long one goes through the quadratic parser
+# (a 0.9 MB References header in an attached message took 3.9 s to size).
+_AS_WRITTEN = policy.default.clone(refold_source="none")
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed_header(name: str, value: str) -> Any:
+    # The header objects are immutable (str subclasses with read-only params): safe to share.
+    return policy.default.header_fetch_parse(name, value)
+
+
+class _BoundedFeedParser(BytesFeedParser):
+    """The stdlib parser with a limit on nesting depth and part count.
+
+    ``FeedParser._parsegen`` is the generator that parses one part; it calls itself for each
+    subpart (multipart children and message/* bodies), so wrapping it sees every part as it is
+    opened and knows the depth. A bomb is refused at the first part past a limit: the parser has
+    then read at most ``MAX_MIME_DEPTH`` levels, whatever the message holds below.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(policy=_POLICY)
+        self._depth = 0
+        self._parts = 0
+
+    def _parsegen(self) -> Iterator[object]:
+        self._depth += 1
+        self._parts += 1
+        try:
+            if self._depth > MAX_MIME_DEPTH:
+                raise MimeBombError(
+                    f"MIME tree nested deeper than {MAX_MIME_DEPTH} levels: refused as a MIME "
+                    "bomb; the message cannot be normalized"
+                )
+            if self._parts > MAX_MIME_PARTS:
+                raise MimeBombError(
+                    f"MIME tree has more than {MAX_MIME_PARTS} parts: refused as a MIME bomb; "
+                    "the message cannot be normalized"
+                )
+            yield from super()._parsegen()  # type: ignore[misc]
+        finally:
+            self._depth -= 1
+
+
+# Fed in slices, the parser refuses a bomb within its first slice instead of first splitting the
+# whole message into lines (about 9 bytes of memory per input byte). Slices stay large because
+# a slice without a line feed makes the parser re-read its pending partial line.
+_FEED_BYTES = 1 << 20
+
+
+def _parse_bounded(raw: bytes) -> Message:
+    parser = _BoundedFeedParser()
+    view = memoryview(raw)
+    for start in range(0, len(raw), _FEED_BYTES):
+        parser.feed(bytes(view[start : start + _FEED_BYTES]))
+    return parser.close()
+
+
 def _parse(raw: bytes) -> Message:
-    parser = BytesParser(policy=policy.default)
-    parsed = _guard(lambda: parser.parsebytes(raw), None)
+    try:
+        parsed: Message | None = _parse_bounded(raw)
+    except MimeBombError:
+        raise
+    except Exception:  # noqa: BLE001 - the parser's failures vary by release; see _guard
+        parsed = None
     if parsed is None:
-        # Unparseable as MIME (e.g. absurd nesting): keep the bytes as a plain body.
+        # Unparseable as MIME (the parser raised): keep the bytes as a plain body.
         fallback = EmailMessage(policy=policy.default)
         fallback.set_payload(raw.decode("latin-1"), charset=None)
         return fallback
@@ -462,6 +558,12 @@ def _sent_at(msg: Message) -> datetime | None:
     return _guard(lambda: parsed.astimezone(UTC), None)
 
 
+def _raw_header_text(msg: Message, name: str) -> str | None:
+    """Return the first raw value of header ``name`` unfolded, 8-bit bytes decoded; no RFC 2047."""
+    raw = _raw_header(msg, name)
+    return None if raw is None else _unfold(_raw_text(raw))
+
+
 def _first_msg_id(value: str | None) -> str | None:
     if not value:
         return None
@@ -481,7 +583,7 @@ def _msg_ids(value: str | None) -> tuple[str, ...]:
 
 def _leaves(part: Message, depth: int = 0) -> Iterator[Message]:
     """Yield leaf parts in document order; attached messages (message/rfc822) count as leaves."""
-    if depth > _MAX_DEPTH:
+    if depth > MAX_MIME_DEPTH:
         return
     children: object = _guard(part.get_payload, None)
     if isinstance(children, list) and _guard(part.get_content_maintype, "") == "multipart":
@@ -528,8 +630,9 @@ def _payload_bytes(part: Message) -> bytes:
     if _guard(part.get_content_maintype, "") == "message":
         # message/rfc822: the size of the attached message as it is written.
         inner = _guard(part.get_payload, None)
-        if isinstance(inner, list) and inner and isinstance(inner[0], Message):
-            return _guard(inner[0].as_bytes, b"")
+        attached = inner[0] if isinstance(inner, list) and inner else None
+        if isinstance(attached, Message):
+            return _guard(lambda: attached.as_bytes(policy=_AS_WRITTEN), b"")
     return b""
 
 

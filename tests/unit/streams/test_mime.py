@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas.errors import MimeBombError
 from streams.stages.mime import (
     SNIPPET_CHARS,
     Attachment,
@@ -457,15 +458,15 @@ def test_nul_bytes_are_removed() -> None:
     assert email.text == "ab"
 
 
-def test_absurdly_deep_nesting_does_not_raise() -> None:
+def test_absurdly_deep_nesting_is_refused_as_a_mime_bomb() -> None:
     depth = 200
     opening = b"".join(
         f"Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n".encode()
         for i in range(depth)
     )
     raw = b"From: a@example.com\r\n" + opening + b"Content-Type: text/plain\r\n\r\ndeep\r\n"
-    email = normalize(raw)
-    assert_safe_strings(email)
+    with pytest.raises(MimeBombError):
+        normalize(raw)
 
 
 @settings(max_examples=300, deadline=None)
