@@ -158,6 +158,22 @@ async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) 
     return True
 
 
+def stack_settings(stack: Stack, **fields: Any) -> Settings:
+    """Settings that reach ``stack``'s Kafka (with its security) plus ``fields``."""
+    security = stack.kafka_security
+    return Settings(
+        kafka_bootstrap_servers=stack.kafka_bootstrap,
+        kafka_security_protocol=security.protocol,
+        kafka_sasl_mechanism=security.mechanism,
+        kafka_sasl_username=security.username,
+        kafka_sasl_password=security.password,
+        kafka_ssl_cafile=security.cafile,
+        kafka_ssl_certfile=security.certfile,
+        kafka_ssl_keyfile=security.keyfile,
+        **fields,
+    )
+
+
 def _create_database(stack: Stack) -> str:
     name = f"pipeline_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(stack.database_url, autocommit=True) as conn:
@@ -184,16 +200,8 @@ def running_pipeline(
     """
     namespace = f"e2e-{uuid.uuid4().hex[:8]}"
     database_url = _create_database(stack)
-    security = stack.kafka_security
-    settings = Settings(
-        kafka_bootstrap_servers=stack.kafka_bootstrap,
-        kafka_security_protocol=security.protocol,
-        kafka_sasl_mechanism=security.mechanism,
-        kafka_sasl_username=security.username,
-        kafka_sasl_password=security.password,
-        kafka_ssl_cafile=security.cafile,
-        kafka_ssl_certfile=security.certfile,
-        kafka_ssl_keyfile=security.keyfile,
+    settings = stack_settings(
+        stack,
         database_url=database_url,
         topic_namespace=namespace,
         topic_partitions=3,

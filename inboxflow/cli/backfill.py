@@ -19,6 +19,7 @@ from inboxflow.backfill import (
     format_duration,
     total_estimate,
 )
+from inboxflow.cli.worker import require_active
 from inboxflow.settings import Settings
 from inboxflow.wiring import gmail_client_from, request_backfills
 from schemas.errors import InboxflowError, safe_error_text
@@ -94,18 +95,8 @@ async def _active_accounts(
     async with await psycopg.AsyncConnection.connect(conninfo) as conn:
         if all_users:
             return [a for a in await list_accounts(conn) if a.state is AccountState.ACTIVE]
-        found = {a.user_id: a for a in await find_accounts(conn, users)}
-    for user in users:
-        account = found.get(user.lower())
-        if account is None:
-            raise click.ClickException(
-                f"{user} is not a registered account; add it with `inboxflow accounts add {user}`"
-            )
-        if account.state is not AccountState.ACTIVE:
-            raise click.ClickException(
-                f"{user} is {account.state.value}; `inboxflow accounts resume {user}` first"
-            )
-    return [found[user.lower()] for user in dict.fromkeys(users)]
+        found = await find_accounts(conn, users)
+    return require_active(found, users)
 
 
 def _dry_run(settings: Settings, users: list[str], as_json: bool) -> None:

@@ -11,6 +11,7 @@ import socket
 import click
 import uvicorn
 
+from inboxflow.cli.status import metrics_option
 from inboxflow.console.app import DEFAULT_TICK_SECONDS, build_app
 from inboxflow.settings import Settings
 from inboxflow.status import default_metrics_urls
@@ -33,14 +34,7 @@ GRACEFUL_SHUTDOWN_SECONDS = 2  # open event streams never end on their own
     type=click.IntRange(0, 65535),
     help="Port to listen on; 0 picks a free one (printed).",
 )
-@click.option(
-    "--metrics",
-    "metrics_urls",
-    multiple=True,
-    metavar="URL",
-    help="A worker's Prometheus endpoint (repeatable) [default: the ports `inboxflow worker` "
-    "serves from INBOXFLOW_METRICS_PORT].",
-)
+@metrics_option
 @click.option(
     "--tick",
     default=DEFAULT_TICK_SECONDS,

@@ -23,6 +23,17 @@ from schemas.errors import InboxflowError
 JOB_STATUSES = ("queued", "processing", "retrying", "done", "error", "dead")
 
 
+# Shared with ``inboxflow console``: both scrape the same workers.
+metrics_option = click.option(
+    "--metrics",
+    "metrics_urls",
+    multiple=True,
+    metavar="URL",
+    help="A worker's Prometheus endpoint (repeatable) [default: the ports `inboxflow worker` "
+    "serves from INBOXFLOW_METRICS_PORT].",
+)
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
 @click.option(
@@ -32,14 +43,7 @@ JOB_STATUSES = ("queued", "processing", "retrying", "done", "error", "dead")
     type=click.FloatRange(min=0),
     help="Seconds between the two samples rates and trends come from (0: one sample, no rates).",
 )
-@click.option(
-    "--metrics",
-    "metrics_urls",
-    multiple=True,
-    metavar="URL",
-    help="A worker's Prometheus endpoint (repeatable) [default: the ports `inboxflow worker` "
-    "serves from INBOXFLOW_METRICS_PORT].",
-)
+@metrics_option
 @click.option(
     "--all",
     "everything",

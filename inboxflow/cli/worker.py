@@ -91,7 +91,21 @@ def sync(
     """Request a sync of each USER's mailbox now (a registered, active account)."""
     if reemit and not full:
         raise click.UsageError("--reemit needs --full: it re-emits what a full listing finds")
-    found = {a.user_id: a for a in asyncio.run(_accounts(settings, users))}
+    addresses = [a.user_id for a in require_active(asyncio.run(_accounts(settings, users)), users)]
+    sync_ids = asyncio.run(
+        request_syncs(settings, addresses, full=full, label_ids=labels, reemit=reemit)
+    )
+    for user, sync_id in zip(addresses, sync_ids, strict=True):
+        click.echo(f"sync requested user={user} sync_id={sync_id} full={full or bool(labels)}")
+
+
+def require_active(accounts: list[Account], users: tuple[str, ...]) -> list[Account]:
+    """Return the accounts of ``users`` (in their order, once each), all registered and active.
+
+    Raises:
+        click.ClickException: a user is not registered or not active, with the command to fix it.
+    """
+    found = {a.user_id: a for a in accounts}
     for user in users:
         account = found.get(user.lower())
         if account is None:
@@ -102,12 +116,7 @@ def sync(
             raise click.ClickException(
                 f"{user} is {account.state.value}; `inboxflow accounts resume {user}` first"
             )
-    addresses = [found[user.lower()].user_id for user in users]
-    sync_ids = asyncio.run(
-        request_syncs(settings, addresses, full=full, label_ids=labels, reemit=reemit)
-    )
-    for user, sync_id in zip(addresses, sync_ids, strict=True):
-        click.echo(f"sync requested user={user} sync_id={sync_id} full={full or bool(labels)}")
+    return [found[user.lower()] for user in dict.fromkeys(users)]
 
 
 async def _accounts(settings: Settings, users: tuple[str, ...]) -> list[Account]:

@@ -351,6 +351,21 @@ class GmailClient:
             self.forget_credentials(user)
         return error
 
+    def _failure(self, user: str, exc: Exception) -> GmailFailure:
+        """Classify a failed call; raise at once when the user's credentials are unusable.
+
+        A 401 drops the cached credentials, so the retry asks for them (and a refresh) again.
+        """
+        refused = self._refused(user, exc)
+        if refused is exc:
+            raise exc
+        if refused is not None:
+            raise refused from exc
+        failure = classify(exc)
+        if failure.status == 401:
+            self.forget_credentials(user)
+        return failure
+
     def forget_credentials(self, user: str) -> None:
         """Drop the user's credentials in every thread; the next call asks for them again."""
         self._credential_generation[user] += 1
@@ -482,14 +497,7 @@ class GmailClient:
                 result: Json = await self._in_pool(self._execute_one, user, build)
             except Exception as exc:
                 limiter.release()
-                refused = self._refused(user, exc)
-                if refused is exc:
-                    raise
-                if refused is not None:
-                    raise refused from exc
-                failure = classify(exc)
-                if failure.status == 401:
-                    self.forget_credentials(user)
+                failure = self._failure(user, exc)
                 if failure.status == 404 and not_found is not None:
                     raise not_found() from exc
                 if failure.retry_class is not RetryClass.RATE_LIMIT:
@@ -714,14 +722,7 @@ class GmailClient:
             results = await self._in_pool(self._execute_batch, user, calls)
         except Exception as exc:
             limiter.release(len(calls))
-            refused = self._refused(user, exc)
-            if refused is exc:
-                raise
-            if refused is not None:
-                raise refused from exc
-            failure = classify(exc)
-            if failure.status == 401:
-                self.forget_credentials(user)
+            failure = self._failure(user, exc)
             if failure.retry_class not in _RETRYABLE:
                 raise to_error(failure, "batch") from exc
             if failure.retry_class is RetryClass.RATE_LIMIT:

@@ -19,9 +19,9 @@ from inboxflow.health import (
     kafka_check,
     postgres_check,
 )
-from inboxflow.settings import Settings
 from inboxflow.wiring import kafka_from
 from streams.runtime.liveness import StallTracker, export_stalls
+from tests.pipeline_support import stack_settings
 
 
 class FakeClock:
@@ -131,16 +131,8 @@ async def test_metrics_liveness_and_readiness(session: aiohttp.ClientSession) ->
 async def test_readiness_checks_reach_the_real_dependencies(
     session: aiohttp.ClientSession, stack: Stack, database_url: str
 ) -> None:
-    security = stack.kafka_security
-    settings = Settings(
-        kafka_bootstrap_servers=stack.kafka_bootstrap,
-        kafka_security_protocol=security.protocol,
-        kafka_sasl_mechanism=security.mechanism,
-        kafka_sasl_username=security.username,
-        kafka_sasl_password=security.password,
-        kafka_ssl_cafile=security.cafile,
-        kafka_ssl_certfile=security.certfile,
-        kafka_ssl_keyfile=security.keyfile,
+    settings = stack_settings(
+        stack,
     )
     checks = {
         "postgres": postgres_check(database_url),

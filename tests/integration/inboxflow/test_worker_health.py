@@ -26,6 +26,7 @@ from schemas.examples import example_events
 from schemas.models import Address, EmailNormalized
 from schemas.serde import serde_for
 from tests.helpers import wait_until
+from tests.pipeline_support import stack_settings
 from topics.admin import ensure_topics
 
 USER = "owner@health.test"
@@ -48,17 +49,9 @@ def free_ports(count: int) -> int:
     raise RuntimeError("no run of free ports")
 
 
-def stack_settings(stack: Stack, namespace: str) -> Settings:
-    security = stack.kafka_security
-    return Settings(
-        kafka_bootstrap_servers=stack.kafka_bootstrap,
-        kafka_security_protocol=security.protocol,
-        kafka_sasl_mechanism=security.mechanism,
-        kafka_sasl_username=security.username,
-        kafka_sasl_password=security.password,
-        kafka_ssl_cafile=security.cafile,
-        kafka_ssl_certfile=security.certfile,
-        kafka_ssl_keyfile=security.keyfile,
+def settings_for(stack: Stack, namespace: str) -> Settings:
+    return stack_settings(
+        stack,
         topic_namespace=namespace,
         topic_partitions=2,
     )
@@ -134,7 +127,7 @@ def test_agent_sink_and_scheduler_serve_metrics_liveness_and_readiness(
     stack: Stack, database_url: str, tmp_path: Path
 ) -> None:
     namespace = f"health-{uuid.uuid4().hex[:8]}"
-    settings = stack_settings(stack, namespace)
+    settings = settings_for(stack, namespace)
     catalogue = catalogue_from(settings)
     asyncio.run(ensure_topics(kafka_from(settings), catalogue.topics))
     port = free_ports(3)
@@ -214,7 +207,7 @@ def test_a_stalled_partition_fails_liveness_and_a_lost_database_readiness(
     stack: Stack, tmp_path: Path
 ) -> None:
     namespace = f"stall-{uuid.uuid4().hex[:8]}"
-    settings = stack_settings(stack, namespace)
+    settings = settings_for(stack, namespace)
     catalogue = catalogue_from(settings)
     output = catalogue.contact_extracted.name
     topics = [spec for spec in catalogue.topics if spec.name != output]  # extract cannot publish

@@ -19,7 +19,7 @@ from schemas.examples import example_events
 from schemas.models import Address, ContactExtracted, EmailNormalized
 from schemas.serde import serde_for
 from tests.helpers import wait_until
-from tests.pipeline_support import read_topic
+from tests.pipeline_support import read_topic, stack_settings
 from topics.admin import ensure_topics
 
 CANARY = "canary-4be1c0"  # in the subject, the body, a correspondent's address and the secrets
@@ -70,15 +70,8 @@ def test_workers_log_json_lines_without_codes_errors_or_mail(
 ) -> None:
     namespace = f"logs-{uuid.uuid4().hex[:8]}"
     security = stack.kafka_security
-    settings = Settings(
-        kafka_bootstrap_servers=stack.kafka_bootstrap,
-        kafka_security_protocol=security.protocol,
-        kafka_sasl_mechanism=security.mechanism,
-        kafka_sasl_username=security.username,
-        kafka_sasl_password=security.password,
-        kafka_ssl_cafile=security.cafile,
-        kafka_ssl_certfile=security.certfile,
-        kafka_ssl_keyfile=security.keyfile,
+    settings = stack_settings(
+        stack,
         topic_namespace=namespace,
         topic_partitions=2,
     )
