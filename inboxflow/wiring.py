@@ -27,7 +27,7 @@ from streams.runtime.cpu_pool import CpuPool
 from streams.runtime.liveness import StallTracker
 from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.stage import Stage
-from streams.runtime.worker import BatchConfig, build_worker_app
+from streams.runtime.worker import BatchConfig, build_worker_app, largest_record_bytes
 from streams.stages.base import event_record
 from streams.stages.embed import EmbedStage
 from streams.stages.embedding import (
@@ -303,6 +303,7 @@ def build_stages(agent: str, catalogue: Catalogue, resources: Resources) -> Mapp
             timeout=timeouts.normalize,
             record_timeout=timeouts.normalize_record,
             pool=resources.cpu_pool,
+            max_record_bytes=largest_record_bytes(catalogue.email_normalized),
         )
         return {catalogue.message_fetched.name: stage}
     if agent == "extract":

@@ -267,6 +267,8 @@ class EmailNormalized(Event):
     in_reply_to: str | None = None
     references: list[str] = Field(default_factory=list)
     normalized_at: Timestamp
+    truncated: bool = False
+    attachments_dropped: Int32 = 0
 
 
 class ContactExtracted(Event):

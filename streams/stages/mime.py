@@ -36,6 +36,7 @@ import charset_normalizer
 from schemas.errors import MimeBombError
 from schemas.models import EmailNormalized, GmailMessageFetched
 from streams.stages.contacts import parse_mailboxes
+from streams.stages.fitting import fit_event
 from streams.stages.html_text import html_to_text, meta_charsets
 
 __all__ = [
@@ -54,7 +55,8 @@ __all__ = [
 
 SNIPPET_CHARS = 200
 # Kafka's default max.message.bytes is 1 MiB: a body cut at 200k characters (<= 800 kB UTF-8)
-# keeps an EmailNormalized event under it. Pass ``max_text_chars=None`` to keep everything.
+# keeps the text of an EmailNormalized event under it; the cut sets ``truncated``. Whole events are
+# fitted to their topic's limit by ``streams.stages.fitting``. ``max_text_chars=None`` keeps all.
 DEFAULT_MAX_TEXT_CHARS = 200_000
 # Real mail nests a handful of levels (a forward of a forward of a signed message: under 10) and
 # has at most a few hundred parts. The stdlib parser costs O(depth) per line, so O(depth^2) for a
@@ -135,6 +137,7 @@ class NormalizedEmail:
     message_id_header: str | None
     in_reply_to: str | None
     references: tuple[str, ...]
+    truncated: bool = False  # the body text was cut at ``max_text_chars``
 
     def as_event_fields(self) -> dict[str, Any]:
         """Return the fields as plain dicts and lists, keyed like the Avro record."""
@@ -169,6 +172,7 @@ class NormalizedEmail:
             "message_id_header": self.message_id_header,
             "in_reply_to": self.in_reply_to,
             "references": list(self.references),
+            "truncated": self.truncated,
         }
 
 
@@ -194,7 +198,8 @@ def normalize_message(
         size_estimate: Gmail's ``sizeEstimate``; when ``None`` the size is ``len(raw)``.
         snippet: Gmail's ``snippet`` (HTML entities are unescaped); when ``None`` or blank,
             the snippet is the first :data:`SNIPPET_CHARS` characters of the collapsed text.
-        max_text_chars: Cut the body text to this many characters (``None``: no cut).
+        max_text_chars: Cut the body text to this many characters (``None``: no cut); a cut
+            sets ``truncated``.
 
     Returns:
         The normalized message. Body choice: the inline ``text/plain`` parts joined by a blank
@@ -206,7 +211,8 @@ def normalize_message(
     """
     msg = _parse(raw)
     text = _body_text(msg)
-    if max_text_chars is not None and len(text) > max_text_chars:
+    truncated = max_text_chars is not None and len(text) > max_text_chars
+    if truncated:
         text = text[:max_text_chars].rstrip()
     senders = _addresses(msg, "from")
     return NormalizedEmail(
@@ -228,14 +234,24 @@ def normalize_message(
         message_id_header=_first_msg_id(_header_text(msg, "message-id")),
         in_reply_to=_first_msg_id(_header_text(msg, "in-reply-to")),
         references=_msg_ids(_raw_header_text(msg, "references")),
+        truncated=truncated,
     )
 
 
-def normalized_event(fetched: GmailMessageFetched, now: datetime) -> EmailNormalized:
+def normalized_event(
+    fetched: GmailMessageFetched, now: datetime, max_bytes: int | None = None
+) -> EmailNormalized:
     """Return the EmailNormalized event of a fetched message (pure; ``now`` stamps it).
 
+    Arguments:
+        fetched: The fetched message.
+        now: Stamps ``normalized_at``.
+        max_bytes: The most bytes the encoded event may take (see
+            :func:`streams.stages.fitting.value_limit`): a larger event is cut to fit by
+            :func:`streams.stages.fitting.fit_event` and flagged ``truncated``. ``None``: no limit.
+
     Raises:
-        MimeBombError: see :func:`normalize_message`.
+        MimeBombError: see :func:`normalize_message`. Never raises for size.
     """
     parsed = normalize_message(
         fetched.raw,
@@ -250,7 +266,8 @@ def normalized_event(fetched: GmailMessageFetched, now: datetime) -> EmailNormal
         "sync_id": fetched.sync_id,
         "history_id": fetched.history_id,
     }
-    return EmailNormalized.model_validate({**fields, "normalized_at": now})
+    event = EmailNormalized.model_validate({**fields, "normalized_at": now})
+    return event if max_bytes is None else fit_event(event, max_bytes)
 
 
 def make_snippet(text: str, limit: int = SNIPPET_CHARS) -> str:

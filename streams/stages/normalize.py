@@ -7,6 +7,11 @@ message to it and queues the message's downstream jobs (extract, embed, insight)
 outcomes still come back in the batch's order. A message whose parse runs past
 ``record_timeout`` or kills its worker fails alone (TIMEOUT class); the worker is replaced.
 
+Every event is fitted under ``max_record_bytes`` (email-normalized's ``max.message.bytes``) by
+``streams.stages.fitting.fit_event``, in the same call as the parse: attachment entries dropped,
+lists capped, text cut, the event flagged ``truncated``. A message too large for the topic is
+published cut, never refused by Kafka and dead-lettered.
+
 Small messages (most mail: the generated corpus averages 3.3 KB) are parsed on the event loop:
 a few milliseconds each, less than shipping them to a worker and back costs.
 """
@@ -22,6 +27,7 @@ from schemas.serde import Serde
 from streams.runtime.cpu_pool import CpuPool
 from streams.runtime.stage import JobRef, Outcome, Record
 from streams.stages.base import Decoder, event_record, utc_now
+from streams.stages.fitting import value_limit
 from streams.stages.mime import normalized_event
 
 DOWNSTREAM_KINDS = (JobKind.EXTRACT_CONTACTS, JobKind.EMBED, JobKind.INSIGHT)
@@ -45,6 +51,7 @@ class NormalizeStage:
         record_timeout: float | None = None,
         pool: CpuPool | None = None,
         inline_max_bytes: int = INLINE_MAX_BYTES,
+        max_record_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """Configure the stage.
@@ -59,6 +66,9 @@ class NormalizeStage:
                 tools), blocking the event loop while it does.
             inline_max_bytes: Raw messages up to this size are parsed on the calling thread
                 even with a pool (0: every message goes to the pool).
+            max_record_bytes: The largest record ``normalized_topic`` accepts (its
+                ``max.message.bytes``): larger events are cut to fit and flagged ``truncated``.
+                ``None``: no limit (tests, tools); the worker always passes the topic's.
             clock: Epoch seconds, stamps ``normalized_at``.
         """
         self.fetched = Decoder(serde, GmailMessageFetched)
@@ -68,6 +78,7 @@ class NormalizeStage:
         self.record_timeout = record_timeout
         self.pool = pool
         self.inline_max_bytes = inline_max_bytes
+        self.max_record_bytes = max_record_bytes
         self.clock = clock
 
     def dependencies(self, records: Sequence[Record]) -> list[str]:
@@ -99,8 +110,15 @@ class NormalizeStage:
 
     async def _parse(self, fetched: GmailMessageFetched) -> EmailNormalized:
         now = utc_now(self.clock)
+        limit = (
+            None
+            if self.max_record_bytes is None
+            else value_limit(self.max_record_bytes, fetched.user_id.encode())
+        )
         if self.pool is None or len(fetched.raw) <= self.inline_max_bytes:
-            return normalized_event(fetched, now)
+            return normalized_event(fetched, now, limit)
         # The worker gets the fetched event (its raw bytes and a few ids) and sends back the
-        # normalized one: nothing else crosses the process boundary.
-        return await self.pool.run(normalized_event, fetched, now, max_seconds=self.record_timeout)
+        # normalized one, already fitted: nothing else crosses the process boundary.
+        return await self.pool.run(
+            normalized_event, fetched, now, limit, max_seconds=self.record_timeout
+        )

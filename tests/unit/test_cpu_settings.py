@@ -46,6 +46,8 @@ async def test_environment_reaches_the_embed_and_normalize_stages(
         assert isinstance(normalize, NormalizeStage)
         assert normalize.pool is resources.cpu_pool
         assert (normalize.pool.workers, normalize.record_timeout) == (3, 4.0)
+        # Events are fitted under email-normalized's max.message.bytes (16 MiB).
+        assert normalize.max_record_bytes == 16 * 1024 * 1024
         assert resources.cpu_pool.pids() == []  # workers start on first use
     finally:
         await resources.close()
