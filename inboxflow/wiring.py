@@ -43,7 +43,7 @@ from streams.stages.gmail.limiter import QuotaLimiter
 from streams.stages.insight import InsightStage
 from streams.stages.normalize import NormalizeStage
 from streams.stages.sync import SyncStage
-from topics.catalogue import Catalogue, build_catalogue
+from topics.catalogue import Catalogue, TopicSpec, build_catalogue
 from topics.kafka import KafkaClients, KafkaSecurity
 
 AGENTS = ("sync", "normalize", "extract", "embed", "insight")
@@ -381,31 +381,20 @@ async def request_syncs(
     imply a full sync.
     """
     full = full or bool(label_ids) or reemit
-    catalogue = catalogue_from(settings)
-    serde = serde_from(settings)
-    publisher = KafkaPublisher(kafka_from(settings, client_id="inboxflow-cli"))
-    sync_ids = [uuid.uuid4().hex for _ in users]
     now = datetime.now(UTC)
-    records = [
-        event_record(
-            serde,
-            catalogue.sync_requested.name,
-            SyncRequested(
-                user_id=user,
-                sync_id=sync_id,
-                full=full,
-                label_ids=list(label_ids),
-                reemit=reemit,
-                requested_at=now,
-            ),
+    requests = [
+        SyncRequested(
+            user_id=user,
+            sync_id=uuid.uuid4().hex,
+            full=full,
+            label_ids=list(label_ids),
+            reemit=reemit,
+            requested_at=now,
         )
-        for user, sync_id in zip(users, sync_ids, strict=True)
+        for user in users
     ]
-    try:
-        await publisher.publish(records)
-    finally:
-        await publisher.stop()
-    return sync_ids
+    await _publish_requests(settings, lambda catalogue: catalogue.sync_requested, requests)
+    return [request.sync_id for request in requests]
 
 
 async def request_backfills(
@@ -415,28 +404,31 @@ async def request_backfills(
 
     Waits until Kafka has the requests. ``reemit`` fetches ids discovered before again too.
     """
-    catalogue = catalogue_from(settings)
+    now = datetime.now(UTC)
+    requests = [
+        SyncRequested(
+            user_id=user,
+            sync_id=f"backfill-{uuid.uuid4().hex}",
+            full=True,
+            reason="backfill",
+            reemit=reemit,
+            requested_at=now,
+        )
+        for user in users
+    ]
+    await _publish_requests(settings, lambda catalogue: catalogue.backfill_requested, requests)
+    return [request.sync_id for request in requests]
+
+
+async def _publish_requests(
+    settings: Settings,
+    topic_of: Callable[[Catalogue], TopicSpec],
+    requests: list[SyncRequested],
+) -> None:
+    topic = topic_of(catalogue_from(settings)).name
     serde = serde_from(settings)
     publisher = KafkaPublisher(kafka_from(settings, client_id="inboxflow-cli"))
-    sync_ids = [f"backfill-{uuid.uuid4().hex}" for _ in users]
-    now = datetime.now(UTC)
-    records = [
-        event_record(
-            serde,
-            catalogue.backfill_requested.name,
-            SyncRequested(
-                user_id=user,
-                sync_id=sync_id,
-                full=True,
-                reason="backfill",
-                reemit=reemit,
-                requested_at=now,
-            ),
-        )
-        for user, sync_id in zip(users, sync_ids, strict=True)
-    ]
     try:
-        await publisher.publish(records)
+        await publisher.publish([event_record(serde, topic, request) for request in requests])
     finally:
         await publisher.stop()
-    return sync_ids

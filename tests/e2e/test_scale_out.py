@@ -38,7 +38,7 @@ from ops.offsets import group_state
 from schemas.models import Address, ContactExtracted, EmailNormalized
 from schemas.serde import Serde
 from tests.helpers import wait_until
-from tests.pipeline_support import read_topic
+from tests.pipeline_support import read_topic, stack_settings
 from topics.admin import ensure_topics
 from topics.kafka import KafkaClients
 
@@ -83,16 +83,8 @@ def email(user: str, seq: int, now: datetime) -> EmailNormalized:
 
 def settings_for(stack: Stack, database_url: str, namespace: str) -> Settings:
     """Return the test's view of the deployment: the stack's Kafka, 6 partitions a topic."""
-    security = stack.kafka_security
-    return Settings(
-        kafka_bootstrap_servers=stack.kafka_bootstrap,
-        kafka_security_protocol=security.protocol,
-        kafka_sasl_mechanism=security.mechanism,
-        kafka_sasl_username=security.username,
-        kafka_sasl_password=security.password,
-        kafka_ssl_cafile=security.cafile,
-        kafka_ssl_certfile=security.certfile,
-        kafka_ssl_keyfile=security.keyfile,
+    return stack_settings(
+        stack,
         database_url=database_url,
         topic_namespace=namespace,
         topic_partitions=PARTITIONS,
