@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol, TypeVar, get_args
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.conn import create_conn
+from aiokafka.conn import AIOKafkaConnection
 from aiokafka.errors import (
     AuthenticationFailedError,
     IllegalSaslStateError,
@@ -59,6 +59,24 @@ SASL_MECHANISMS: tuple[str, ...] = get_args(SaslMechanism)
 # How long ``KafkaClients.check`` waits for one broker to connect, shake hands and authenticate.
 CHECK_TIMEOUT_SECONDS = 15.0
 _DEFAULT_PORT = 9092
+CLOSE_WAIT_SECONDS = 2.0
+
+
+async def _closed(connection: AIOKafkaConnection) -> None:
+    """Close a connection and wait (briefly) until its socket is really closed.
+
+    aiokafka's ``close`` only starts closing: over TLS the socket outlives the call until the
+    shutdown handshake ends. A caller that returns (or whose loop ends) before then leaks the
+    socket and Python warns about an unclosed transport. A connection whose socket was never
+    opened has nothing to wait for.
+    """
+    opened = connection._protocol is not None  # set once the TCP connection exists
+    closing = connection.close()
+    if opened and closing is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(closing), CLOSE_WAIT_SECONDS)
+
+
 _AUTH_REFUSED = (
     SaslAuthenticationFailed,
     AuthenticationFailedError,
@@ -325,29 +343,34 @@ class KafkaClients:
         failures = []
         for host, port in _servers(self.bootstrap_servers):
             options = self.security.client_options()
+            connection = AIOKafkaConnection(
+                host,
+                port,
+                client_id=self.client_id,
+                request_timeout_ms=int(seconds_per_server * 1000),
+                **options,
+            )
             try:
                 async with asyncio.timeout(seconds_per_server):
-                    connection = await create_conn(
-                        host,
-                        port,
-                        client_id=self.client_id,
-                        request_timeout_ms=int(seconds_per_server * 1000),
-                        **options,
-                    )
+                    await connection.connect()
             except _AUTH_REFUSED as exc:
+                await _closed(connection)
                 raise KafkaAuthError(self._refused(host, port, exc)) from exc
             except ssl.SSLCertVerificationError as exc:
+                await _closed(connection)
                 raise KafkaAuthError(
                     f"TLS verification of Kafka at {host}:{port} failed "
                     f"({exc.verify_message}): check INBOXFLOW_KAFKA_SSL_CAFILE "
                     f"(now {self.security.cafile or 'the system trust store'})"
                 ) from exc
             except ssl.SSLError as exc:
+                await _closed(connection)
                 raise KafkaAuthError(
                     f"TLS handshake with Kafka at {host}:{port} failed ({exc.reason}): check "
                     "INBOXFLOW_KAFKA_SECURITY_PROTOCOL and the INBOXFLOW_KAFKA_SSL_* files"
                 ) from exc
             except (OSError, TimeoutError, KafkaError) as exc:
+                await _closed(connection)
                 failures.append(f"{host}:{port}: {exc!r}")
                 continue
             try:
@@ -365,7 +388,7 @@ class KafkaClients:
                 failures.append(f"{host}:{port}: {exc!r}")
                 continue
             finally:
-                connection.close()
+                await _closed(connection)
             _VERIFIED.add((self.bootstrap_servers, self.security))
             return
         raise TransientError(
