@@ -13,7 +13,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from inboxflow.settings import Settings
 from inboxflow.wiring import AGENTS, build_worker, catalogue_from, kafka_from
 from schemas.errors import TransientError
 from streams.runtime.liveness import StallTracker, export_stalls
+from topics.kafka import KafkaClients
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +36,52 @@ SOURCES = ("scheduler",)  # processes that put events onto topics from outside t
 PUSH_SOURCE = "push-receiver"  # started too when a Pub/Sub topic is configured
 
 
+START_WAIT_GRACE = 10.0  # seconds of waiting for Kafka at start before saying so
+START_WAIT_REMINDER = 60.0
+START_WAIT_MAX_DELAY = 5.0
+
+
 def check_kafka(settings: Settings) -> None:
-    """Authenticate to Kafka once before starting workers; fail fast on refused credentials.
+    """Before starting a worker: authenticate to Kafka once, waiting while it is unreachable.
 
     faust (like the sinks) would log aiokafka's refusal and exit 1 without saying which setting
     is wrong; one connection of our own first turns bad credentials or TLS files into one clear
-    error. An unreachable cluster is only logged: the workers wait for it as they always have.
+    error. A cluster that cannot be reached yet (a broker restarting while workers start) is
+    waited for here instead: faust and the sinks exit at once when they cannot bootstrap, and
+    an orchestrator would restart them in a loop, each time with an ERROR line.
 
     Raises:
         KafkaAuthError: the cluster refused the credentials or failed TLS verification.
         KafkaConfigError: the INBOXFLOW_KAFKA_* settings contradict each other.
     """
-    kafka = kafka_from(settings, client_id="inboxflow-preflight")
-    if kafka.security.protocol == "PLAINTEXT":
-        return  # nothing to refuse
-    try:
-        asyncio.run(kafka.check())
-    except TransientError as exc:
-        log.warning("kafka not reachable yet, starting anyway: %s", exc)
+    asyncio.run(await_kafka(kafka_from(settings, client_id="inboxflow-preflight")))
+
+
+async def await_kafka(kafka: KafkaClients, *, clock: Callable[[], float] = time.monotonic) -> None:
+    """Return once a bootstrap server accepts a connection (and the credentials, if any).
+
+    Quiet for ``START_WAIT_GRACE`` seconds, then one WARNING a minute while it waits, and one
+    when Kafka answers after an announced wait.
+    """
+    started = clock()
+    announced: float | None = None
+    delay = 0.25
+    while True:
+        try:
+            await kafka.check()
+        except TransientError as exc:
+            waited = clock() - started
+            if waited >= START_WAIT_GRACE and (
+                announced is None or clock() - announced >= START_WAIT_REMINDER
+            ):
+                log.warning("waiting for Kafka to start (%.0fs so far): %s", waited, exc)
+                announced = clock()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, START_WAIT_MAX_DELAY)
+        else:
+            if announced is not None:
+                log.warning("Kafka reachable after %.0fs; starting", clock() - started)
+            return
 
 
 def run_agent(agent: str, settings: Settings, *, loglevel: str = "WARNING") -> None:
