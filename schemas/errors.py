@@ -38,7 +38,7 @@ import json
 import random
 import re
 import sysconfig
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import PurePath
@@ -218,18 +218,21 @@ class Decision:
 
 # Secrets that may sit inside a kept message (a URL in a connection error, a token a library
 # echoed): each pattern and what replaces it.
-_SECRETS: tuple[tuple[re.Pattern[str], str], ...] = (
+# Replacements are functions or plain strings, never templates like r"\1***": ``re`` imports a
+# helper module for templates on every call, which fails while the interpreter shuts down (a
+# library's last log line then became a "Logging error" traceback instead of the line).
+_SECRETS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str] | str], ...] = (
     # scheme://user:password@host (DATABASE_URL, a registry or API URL with credentials)
-    (re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@"), r"\1***@"),
+    (re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@"), lambda m: f"{m[1]}***@"),
     # password=... in libpq key/value strings, token=... or api_key=... in query strings
     (
         re.compile(
             r"(?i)\b(password|passwd|pwd|secret|client_secret|token|access_token|refresh_token"
             r"|id_token|api[_-]?key|apikey|sig|signature)=(?:'[^']*'|[^\s&;,'\"]+)"
         ),
-        r"\1=***",
+        lambda m: f"{m[1]}=***",
     ),
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 ***"),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), lambda m: f"{m[1]} ***"),
     (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*)?"), "***"),  # JWT
     (re.compile(r"\bya29\.[A-Za-z0-9._-]+"), "***"),  # Google OAuth access token
     (re.compile(r"\b1//[A-Za-z0-9._-]{10,}"), "***"),  # Google OAuth refresh token

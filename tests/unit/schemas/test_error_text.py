@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import email.errors
 import json
+import subprocess
+import sys
+import textwrap
 
 import aiohttp
 import psycopg
@@ -168,3 +171,23 @@ def test_exception_groups_list_their_members_safely() -> None:
 
     assert CANARY not in text
     assert text == "ExceptionGroup: 2 sub-exception(s): ValueError; TimeoutError"
+
+
+def test_redaction_works_while_the_interpreter_shuts_down() -> None:
+    """A library's last log line (from a ``__del__``) is redacted, not a "Logging error"."""
+    code = textwrap.dedent(
+        """
+        from schemas.errors import redact_secrets
+
+        class Late:
+            def __del__(self):
+                print(redact_secrets("postgresql://u:pw@h/db token=abc Bearer abcdefghijk"))
+
+        keep = Late()
+        """
+    )
+    result = subprocess.run(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.stderr == ""
+    assert result.stdout.strip() == "postgresql://u:***@h/db token=*** Bearer ***"
