@@ -21,6 +21,7 @@ COMMANDS: Mapping[str, str] = {
     "accounts": "inboxflow.cli.accounts:accounts",
     "backfill": "inboxflow.cli.backfill:backfill",
     "bench": "inboxflow.cli.bench:bench",
+    "chaos": "inboxflow.cli.chaos:chaos",
     "console": "inboxflow.cli.console:console",
     "dev": "inboxflow.cli.dev:dev",
     "dlq": "inboxflow.cli.ops:dlq",
