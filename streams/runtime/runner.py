@@ -21,7 +21,15 @@ from itertools import groupby
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from prometheus_client import Gauge
 
-from schemas.errors import Failure, RetryClass, RetryPolicy, StageTimeoutError, classify, decide
+from schemas.errors import (
+    Failure,
+    RetryClass,
+    RetryPolicy,
+    StageTimeoutError,
+    classify,
+    decide,
+    safe_error_text,
+)
 from schemas.models import JobStatus
 from schemas.serde import Serde, serde_for
 from streams.runtime.breaker import BreakerRegistry, CircuitBreaker
@@ -34,6 +42,7 @@ from topics.catalogue import ConsumerGroup
 log = logging.getLogger(__name__)
 
 BREAKER_MAX_WAIT = 30.0  # seconds a batch waits on an open breaker before going ahead
+AFTER_PUBLISH_RETRY_SECONDS = 60.0  # how long a failing after-publish step is retried
 
 
 class StageRunner:
@@ -197,11 +206,31 @@ class StageRunner:
             self.metrics.breaker_state.labels(breaker.name).set(int(breaker.state))
 
     async def _after_publish(self, hook: Callable[[], Awaitable[None]]) -> None:
-        # The outputs are safe in Kafka; a failed hook only means work is redone next time.
-        try:
-            await hook()
-        except Exception:
-            log.exception("after-publish step failed group=%s", self.group.group_id)
+        # The outputs are safe in Kafka, but the next record of this partition may depend on
+        # what the hook stores (a sync's checkpoint and the end of its listing: without them
+        # every later sync of the mailbox joined a listing that had ended, for ten minutes, after
+        # a two-second Postgres restart). So a transient failure is retried while the partition
+        # waits; only past AFTER_PUBLISH_RETRY_SECONDS, or on a permanent error, is it given up:
+        # the hooks are idempotent and the work is redone by a later record.
+        deadline = time.monotonic() + AFTER_PUBLISH_RETRY_SECONDS
+        delay = 0.5
+        while True:
+            try:
+                await hook()
+            except Exception as exc:
+                transient = classify(exc).retry_class in (RetryClass.TRANSIENT, RetryClass.TIMEOUT)
+                if transient and time.monotonic() + delay < deadline:
+                    log.info(
+                        "after-publish step failed group=%s, retrying in %.1fs: %s",
+                        self.group.group_id,
+                        delay,
+                        safe_error_text(exc),
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                log.exception("after-publish step failed group=%s", self.group.group_id)
+            return
 
     def _job_of(self, record: Record) -> JobRef | None:
         try:

@@ -174,6 +174,53 @@ async def test_after_publish_hook_runs_once_outputs_are_acked_and_its_failure_is
     assert [s.status for s in states_of(publisher, "a")][-1] is JobStatus.DONE
 
 
+async def test_a_transient_after_publish_failure_is_retried_until_it_succeeds() -> None:
+    """A sync's checkpoint that fails on a Postgres restart is stored before the batch ends."""
+    calls: list[str] = []
+
+    class CheckpointStage(ScriptedStage):
+        def _outcome(self, r: Record) -> Outcome:
+            outcome = super()._outcome(r)
+            value = r.value or b""
+
+            async def checkpoint() -> None:
+                calls.append(value.decode())
+                if calls.count(value.decode()) < 3:
+                    raise TransientError("agent state database unavailable")
+
+            outcome.after_publish = checkpoint
+            return outcome
+
+    publisher = MemoryPublisher()
+    await runner(CheckpointStage(), publisher).run([record(1, b"first"), record(2, b"second")])
+
+    assert calls == ["first", "first", "first", "second", "second", "second"]
+
+
+async def test_an_after_publish_step_failing_past_its_bound_is_given_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("streams.runtime.runner.AFTER_PUBLISH_RETRY_SECONDS", 0.0)
+    calls: list[int] = []
+
+    class DownStage(ScriptedStage):
+        def _outcome(self, r: Record) -> Outcome:
+            outcome = super()._outcome(r)
+
+            async def checkpoint() -> None:
+                calls.append(1)
+                raise TransientError("still down")
+
+            outcome.after_publish = checkpoint
+            return outcome
+
+    publisher = MemoryPublisher()
+    await runner(DownStage(), publisher).run([record(1, b"a")])
+
+    assert calls == [1]
+    assert [s.status for s in states_of(publisher, "a")][-1] is JobStatus.DONE
+
+
 # --- failures ------------------------------------------------------------------------------------
 
 
