@@ -7,13 +7,22 @@ tests drive it with an in-memory publisher and production with ``KafkaPublisher`
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+)
 
 from streams.runtime.stage import Outgoing
 from topics.kafka import KafkaClients
+
+log = logging.getLogger(__name__)
 
 
 class Publisher(Protocol):
@@ -28,14 +37,33 @@ class Publisher(Protocol):
         ...
 
 
+# Answers that mean the broker no longer accepts this producer's idempotence state: after a
+# broker crash (its log tail lost, or the producer id expired) it refuses every later batch with
+# the same error, and aiokafka never starts a new producer id by itself. Seen in the fault
+# campaign: a sync worker refused for minutes after the broker was killed with SIGKILL.
+PRODUCER_STATE_LOST = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+)
+
+
 class KafkaPublisher:
-    """Produces records with one idempotent aiokafka producer; ``publish`` returns once acked."""
+    """Produces records with one idempotent aiokafka producer; ``publish`` returns once acked.
+
+    When the broker refuses the producer's idempotence state (``PRODUCER_STATE_LOST``), the
+    records sent fail as usual (the runner sends them again) and the next send starts a fresh
+    producer, with a new producer id.
+    """
 
     def __init__(self, kafka: KafkaClients, *, client_id: str | None = None) -> None:
         self._kafka = kafka
         self._client_id = client_id
         self._producer: AIOKafkaProducer | None = None
         self._lock: asyncio.Lock | None = None
+        self._state_lost = False
+        self.producers_started = 0  # how many producers this publisher has had (tests, metrics)
 
     def _producer_or_fail(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -58,6 +86,7 @@ class KafkaPublisher:
                     await producer.stop()
                     raise
                 self._producer = producer
+                self.producers_started += 1
 
     async def stop(self) -> None:
         """Flush and disconnect."""
@@ -67,6 +96,8 @@ class KafkaPublisher:
 
     async def send(self, records: Sequence[Outgoing]) -> list[asyncio.Future[object]]:
         """Queue records in order; return futures that resolve when Kafka acks each."""
+        if self._state_lost:
+            await self._renew()
         if self._producer is None:
             await self.start()
         producer = self._producer_or_fail()
@@ -79,8 +110,29 @@ class KafkaPublisher:
                 headers=list(out.headers),
                 partition=out.partition,
             )
+            future.add_done_callback(self._note_state_lost)
             futures.append(future)
         return futures
+
+    def _note_state_lost(self, future: asyncio.Future[object]) -> None:
+        if not future.cancelled() and isinstance(future.exception(), PRODUCER_STATE_LOST):
+            self._state_lost = True
+
+    async def _renew(self) -> None:
+        """Replace the producer whose idempotence state the broker refused."""
+        self._state_lost = False
+        log.warning(
+            "Kafka refused the producer's sequence state (broker restarted?); "
+            "starting a new producer client=%s",
+            self._client_id,
+        )
+        old, self._producer = self._producer, None
+        if old is not None:
+            try:
+                await old.stop()
+            except Exception:  # its queued batches fail anyway; they are sent again
+                log.info("stopping the refused producer failed", exc_info=True)
+        await self.start()
 
     async def publish(self, records: Sequence[Outgoing]) -> None:
         """Send records and wait until Kafka has acknowledged every one."""
