@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -31,6 +32,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from db.migrate import apply_migrations
@@ -67,8 +69,8 @@ class CampaignConfig:
     users: int = 3
     messages: int = 40  # per mailbox at the start
     new_mail: int = 30  # messages delivered during the fault window, in all
-    faults: int = 12
-    window: float = 60.0  # seconds over which faults start
+    faults: int = 24
+    window: float = 90.0  # seconds over which faults start
     settle_timeout: float = 600.0
     kinds: frozenset[FaultKind] = frozenset(FaultKind)
     partitions: int = 3
@@ -139,6 +141,26 @@ def run_campaign(
             before the stack goes (tests use it to prove the checker notices tampering).
     """
     started = time.monotonic()
+    # SIGTERM unwinds like Ctrl-C, so the workers are stopped (the broker and Postgres die with
+    # this process by themselves).
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return _run_on_own_stack(config, cache_dir, started, echo, inspect)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_on_own_stack(
+    config: CampaignConfig,
+    cache_dir: Path,
+    started: float,
+    echo: Callable[[str], None] | None,
+    inspect: Inspect | None,
+) -> CampaignReport:
     stack = start_stack(
         kafka_bootstrap=None,
         database_url=None,
@@ -279,7 +301,7 @@ class _Campaign:
             workers.stop()
         if self.inspect is not None:
             await self.inspect(checker, self.stack.database_url)
-        kept = self.config.keep_logs or bool(findings.violations)
+        kept = self.config.keep_logs or bool(findings.violations or injector.log.exits)
         if not kept:
             shutil.rmtree(logs, ignore_errors=True)
         return self._report(plan, injector, findings, settled, settle_seconds, started, logs, kept)

@@ -105,8 +105,22 @@ class Injector:
             if name in self._expected_down:
                 continue
             self.log.exits[name] += 1
-            self._note(f"{name} exited with {code}; restarting it")
+            self._note(f"{name} exited with {code} ({self._last_error(name)}); restarting it")
             self.targets.workers.restart(name)
+
+    def _last_error(self, name: str) -> str:
+        """The last ERROR or CRITICAL line of a worker's log, shortened, for the timeline."""
+        path = self.targets.log_dir / f"{name}.log"
+        try:
+            with path.open("rb") as log_file:
+                log_file.seek(max(0, path.stat().st_size - 65536))
+                lines = log_file.read().decode(errors="replace").splitlines()
+        except OSError:
+            return "no log"
+        for line in reversed(lines):
+            if '"level": "ERROR"' in line or '"level": "CRITICAL"' in line:
+                return line[:300]
+        return "no error logged"
 
     async def _inject(self, fault: PlannedFault) -> None:
         if fault.kind in EXCLUSIVE:

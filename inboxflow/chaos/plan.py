@@ -51,6 +51,16 @@ DURATIONS: dict[FaultKind, tuple[float, float]] = {
 }
 
 
+# After every kind was drawn once, further draws favour the faults a long-running deployment
+# meets most (a process dying, an API in trouble) over whole-service outages.
+WEIGHTS: dict[FaultKind, int] = {
+    FaultKind.KILL_WORKER: 6,
+    FaultKind.GMAIL_FAILING: 2,
+    FaultKind.EMBED_FAILING: 2,
+    FaultKind.SCALE_OUT: 2,
+}
+
+
 @dataclass(frozen=True)
 class PlannedFault:
     """One fault: when (seconds after the workload starts), what, on which process, how long."""
@@ -84,8 +94,9 @@ def plan_faults(
     """Draw ``count`` faults at random times within ``window`` seconds, in time order.
 
     Every kind in ``kinds`` is drawn at least once when ``count`` allows, then kinds are drawn
-    uniformly. Faults of the same exclusive kind (broker, Postgres) never overlap: a later one
-    is moved after the end of the earlier. A SCALE_IN always follows a SCALE_OUT of its group.
+    by ``WEIGHTS`` (1 for kinds not listed). Outages of the broker or Postgres never overlap: a
+    later one is moved after the end of the earlier. A SCALE_IN always follows a SCALE_OUT of
+    its group.
 
     Args:
         seed: the only source of randomness.
@@ -100,7 +111,8 @@ def plan_faults(
         raise ValueError("a plan needs count >= 1, a positive window and at least one kind")
     rng = random.Random(seed)  # noqa: S311 - a reproducible schedule, not a secret
     ordered = sorted(kinds - {FaultKind.SCALE_IN})
-    drawn = ordered[:count] + [rng.choice(ordered) for _ in range(count - len(ordered))]
+    weights = [WEIGHTS.get(kind, 1) for kind in ordered]
+    drawn = ordered[:count] + rng.choices(ordered, weights, k=max(0, count - len(ordered)))
     rng.shuffle(drawn)
     faults = [
         _draw(rng, kind, rng.uniform(0, window), processes, scalable, session_timeout)

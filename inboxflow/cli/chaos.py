@@ -18,8 +18,8 @@ from inboxflow.settings import Settings
 @click.option("--users", default=3, show_default=True, help="Mailboxes.")
 @click.option("--messages", default=40, show_default=True, help="Messages per mailbox.")
 @click.option("--new-mail", default=30, show_default=True, help="Messages delivered mid-run.")
-@click.option("--faults", default=12, show_default=True, help="Faults to inject.")
-@click.option("--window", default=60.0, show_default=True, help="Seconds faults start within.")
+@click.option("--faults", default=24, show_default=True, help="Faults to inject.")
+@click.option("--window", default=90.0, show_default=True, help="Seconds faults start within.")
 @click.option("--settle-timeout", default=600.0, show_default=True, help="Seconds to drain.")
 @click.option(
     "--only",
