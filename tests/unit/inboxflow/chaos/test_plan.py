@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -47,7 +49,7 @@ def test_plans_are_ordered_and_outages_never_overlap(seed: int, count: int) -> N
     faults = plan(seed, count)
     assert [f.at for f in faults] == sorted(f.at for f in faults)
     outages = [f for f in faults if f.kind in EXCLUSIVE]
-    for earlier, later in zip(outages, outages[1:], strict=False):
+    for earlier, later in itertools.pairwise(outages):
         assert later.at >= earlier.at + earlier.duration, (earlier, later)
 
 
