@@ -12,6 +12,12 @@ broken headers, unknown or lying charsets, bad base64 and truncated MIME trees; 
 degrades one field (to ``None``, ``""`` or a best-effort decode) and never the whole message.
 Every string in the result is valid Unicode without lone surrogates or NUL characters, so it can
 be written to Avro and to Postgres ``text`` columns as is.
+
+Speed (about 0.4 ms for a typical 3 KB message): the stdlib parser runs without compiling a
+regex per multipart boundary (:mod:`streams.stages.mime_feedparser`), header values of the usual
+shapes are read without the policy's token tree (:mod:`streams.stages.mime_headers`), parsed
+headers and address pieces are cached, and each part's type and disposition are read once.
+Every shortcut gives what the slow path gives, or steps aside for it.
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
-from email.feedparser import BytesFeedParser
 from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.policy import EmailPolicy
@@ -38,6 +43,8 @@ from schemas.models import EmailNormalized, GmailMessageFetched
 from streams.stages.contacts import parse_mailboxes
 from streams.stages.fitting import fit_event
 from streams.stages.html_text import html_to_text, meta_charsets
+from streams.stages.mime_feedparser import BytesFeedParser
+from streams.stages.mime_headers import plain_header_value
 
 __all__ = [
     "DEFAULT_MAX_TEXT_CHARS",
@@ -51,6 +58,8 @@ __all__ = [
     "decode_html",
     "make_snippet",
     "normalize_message",
+    "normalized_event",
+    "normalized_events",
 ]
 
 SNIPPET_CHARS = 200
@@ -210,30 +219,32 @@ def normalize_message(
             than :data:`MAX_MIME_PARTS` parts (PERMANENT: the record goes to the DLQ).
     """
     msg = _parse(raw)
-    text = _body_text(msg)
+    headers = _raw_headers(msg)
+    leaves = _leaf_facts(msg)
+    text = _body_text(leaves)
     truncated = max_text_chars is not None and len(text) > max_text_chars
     if truncated:
         text = text[:max_text_chars].rstrip()
-    senders = _addresses(msg, "from")
+    senders = _addresses(headers, "from")
     return NormalizedEmail(
         message_id=message_id,
         thread_id=thread_id,
         labels=tuple(label_ids),
-        subject=_header_text(msg, "subject") or "",
+        subject=_header_text(msg, headers, "subject") or "",
         sender=senders[0] if senders else None,
         authors=senders,
-        to=_addresses(msg, "to"),
-        cc=_addresses(msg, "cc"),
-        bcc=_addresses(msg, "bcc"),
-        reply_to=_addresses(msg, "reply-to"),
-        sent_at=_sent_at(msg),
+        to=_addresses(headers, "to"),
+        cc=_addresses(headers, "cc"),
+        bcc=_addresses(headers, "bcc"),
+        reply_to=_addresses(headers, "reply-to"),
+        sent_at=_sent_at(headers),
         text=text,
         snippet=make_snippet(html.unescape(snippet) if snippet and snippet.strip() else text),
         size=size_estimate if size_estimate is not None else len(raw),
-        attachments=tuple(_attachments(msg)),
-        message_id_header=_first_msg_id(_header_text(msg, "message-id")),
-        in_reply_to=_first_msg_id(_header_text(msg, "in-reply-to")),
-        references=_msg_ids(_raw_header_text(msg, "references")),
+        attachments=tuple(_attachments(leaves)),
+        message_id_header=_first_msg_id(_header_text(msg, headers, "message-id")),
+        in_reply_to=_first_msg_id(_header_text(msg, headers, "in-reply-to")),
+        references=_msg_ids(_raw_header_text(headers, "references")),
         truncated=truncated,
     )
 
@@ -268,6 +279,24 @@ def normalized_event(
     }
     event = EmailNormalized.model_validate({**fields, "normalized_at": now})
     return event if max_bytes is None else fit_event(event, max_bytes)
+
+
+def normalized_events(
+    batch: Sequence[tuple[GmailMessageFetched, int | None]], now: datetime
+) -> list[EmailNormalized | Exception]:
+    """Return :func:`normalized_event` of each ``(fetched, max_bytes)``, in order (pure).
+
+    For a worker process: one call carries several messages, so the hand-over costs of a call
+    are paid once for all. A message that fails (a MIME bomb, a bug) gives its exception in its
+    place instead of failing the others.
+    """
+    results: list[EmailNormalized | Exception] = []
+    for fetched, max_bytes in batch:
+        try:
+            results.append(normalized_event(fetched, now, max_bytes))
+        except Exception as exc:  # noqa: BLE001 - returned for the caller to route
+            results.append(exc)
+    return results
 
 
 def make_snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
@@ -402,11 +431,12 @@ def _guard(call: Callable[[], _T], default: _T) -> _T:
 
 class _BoundedPolicy(EmailPolicy):
     """``policy.default`` with hostile header lengths cut before the header parser sees them,
-    and each parse cached: ``Message.get`` parses the value again on every access, and the MIME
-    walk reads a part's Content-Type and Content-Disposition several times."""
+    plain values read without the parser (:mod:`streams.stages.mime_headers`), and each parse
+    cached: ``Message.get`` parses the value again on every access, and the MIME walk reads a
+    part's Content-Type and Content-Disposition several times."""
 
     def header_fetch_parse(self, name: str, value: str) -> Any:
-        return _parsed_header(name, value[:_MAX_PARSED_HEADER_CHARS])
+        return _fetched_header(name, value[:_MAX_PARSED_HEADER_CHARS])
 
 
 _POLICY = _BoundedPolicy()
@@ -415,10 +445,11 @@ _POLICY = _BoundedPolicy()
 _AS_WRITTEN = policy.default.clone(refold_source="none")
 
 
-@functools.lru_cache(maxsize=512)
-def _parsed_header(name: str, value: str) -> Any:
+@functools.lru_cache(maxsize=1024)
+def _fetched_header(name: str, value: str) -> Any:
     # The header objects are immutable (str subclasses with read-only params): safe to share.
-    return policy.default.header_fetch_parse(name, value)
+    plain = plain_header_value(name.lower(), value)
+    return plain if plain is not None else policy.default.header_fetch_parse(name, value)
 
 
 class _BoundedFeedParser(BytesFeedParser):
@@ -483,44 +514,37 @@ def _parse(raw: bytes) -> Message:
     return parsed
 
 
-def _raw_header(msg: Message, name: str) -> str | None:
-    """Return the first raw (undecoded) value of a header, bypassing the policy's parser."""
-    for key, value in _raw_items(msg):
-        if key.lower() == name:
-            return value
-    return None
+# Lower-cased header name -> its raw (undecoded) values in order, read once per message.
+_RawHeaders = dict[str, list[str]]
 
 
-def _raw_items(msg: Message) -> list[tuple[str, str]]:
+def _raw_headers(msg: Message) -> _RawHeaders:
+    """Index the top-level headers by name, bypassing the policy's parser."""
     empty: list[tuple[str, str]] = []
-    return _guard(lambda: [(str(k), str(v)) for k, v in msg.raw_items()], empty)
+    items = _guard(lambda: [(str(k), str(v)) for k, v in msg.raw_items()], empty)
+    headers: _RawHeaders = {}
+    for key, value in items:
+        headers.setdefault(key.lower(), []).append(value)
+    return headers
 
 
-def _header_text(msg: Message, name: str) -> str | None:
+def _raw_header(headers: _RawHeaders, name: str) -> str | None:
+    """Return the first raw value of header ``name``, or ``None``."""
+    values = headers.get(name)
+    return values[0] if values else None
+
+
+def _header_text(msg: Message, headers: _RawHeaders, name: str) -> str | None:
     """Return the decoded, unfolded value of the first header ``name``, or ``None``."""
     value = _guard(lambda: msg.get(name), None)
     if value is not None:
         text = _guard(lambda: str(value), None)
         if text is not None:
             return _unfold(text)
-    raw = _raw_header(msg, name)
+    raw = _raw_header(headers, name)
     if raw is None:
         return None
     return _unfold(_decode_rfc2047(raw))
-
-
-def _header_values(msg: Message, name: str) -> list[str]:
-    """Return every decoded value of header ``name`` (To may legally appear only once, but...)."""
-    values = _guard(lambda: msg.get_all(name), None) or []
-    decoded = [_to_str(value) for value in values]
-    if all(text is not None for text in decoded):
-        return [_unfold(text) for text in decoded if text is not None]
-    raws = [value for key, value in _raw_items(msg) if key.lower() == name]
-    return [_unfold(_decode_rfc2047(r)) for r in raws]
-
-
-def _to_str(value: object) -> str | None:
-    return _guard(lambda: str(value), None)
 
 
 def _decode_rfc2047(value: str) -> str:
@@ -532,7 +556,35 @@ def _unfold(value: str) -> str:
     return _clean(_WHITESPACE.sub(" ", value).strip())
 
 
-def _addresses(msg: Message, name: str) -> tuple[EmailAddress, ...]:
+def _addresses(headers: _RawHeaders, name: str) -> tuple[EmailAddress, ...]:
+    """Return the mailboxes of every header ``name``, in order (see :func:`_mailboxes`)."""
+    found: list[EmailAddress] = []
+    for value in headers.get(name, ()):
+        text = _raw_text(value)
+        pieces = _address_pieces(text)
+        if pieces is None:
+            found.extend(_mailboxes(text))
+            continue
+        for piece in pieces:
+            short = len(piece) <= _MAX_CACHED_ADDRESS_CHARS
+            found.extend(_cached_mailboxes(piece) if short else _mailboxes(piece))
+    return tuple(found)
+
+
+def _address_pieces(text: str) -> list[str] | None:
+    """Split an address list at its commas when each piece parses alone as it would in the list.
+
+    That holds when no token can span a comma: no quoted string, comment or domain literal, no
+    group (``:`` ``;``) and every ``<`` closed by a ``>`` before the next comma. Short pieces
+    repeat (the same people write to each other), so each is parsed once; ``None``: parse the
+    whole text.
+    """
+    if _UNSPLITTABLE.search(text) or not _SPLITTABLE_ANGLES.fullmatch(text):
+        return None
+    return text.split(",")
+
+
+def _mailboxes(text: str) -> tuple[EmailAddress, ...]:
     """Parse an address header with :func:`streams.stages.contacts.parse_mailboxes`.
 
     Not ``email.utils.getaddresses``, and on the raw header, not the policy's parse of it: both
@@ -542,14 +594,20 @@ def _addresses(msg: Message, name: str) -> tuple[EmailAddress, ...]:
     ``EmailNormalized`` schema says); entries without an address are dropped.
     """
     result = []
-    raws = [_raw_text(value) for key, value in _raw_items(msg) if key.lower() == name]
-    for value in raws:
-        for mailbox in parse_mailboxes(value):
-            address = _clean(mailbox.address.strip()).lower()
-            if address:
-                display = _clean(mailbox.name.strip()) if mailbox.name else ""
-                result.append(EmailAddress(address=address, name=display or None))
+    for mailbox in parse_mailboxes(text):
+        address = _clean(mailbox.address.strip()).lower()
+        if address:
+            display = _clean(mailbox.name.strip()) if mailbox.name else ""
+            result.append(EmailAddress(address=address, name=display or None))
     return tuple(result)
+
+
+# Parsing a mailbox is a character-by-character loop; the same few hundred correspondents fill a
+# mailbox's headers, so each distinct short piece is parsed once per process.
+_cached_mailboxes = functools.lru_cache(maxsize=4096)(_mailboxes)
+_MAX_CACHED_ADDRESS_CHARS = 512
+_UNSPLITTABLE = re.compile(r'["()\\\[\]:;]')
+_SPLITTABLE_ANGLES = re.compile(r"[^<>]*(?:<[^<>,]*>[^<>]*)*")
 
 
 def _raw_text(value: str) -> str:
@@ -561,9 +619,9 @@ def _raw_text(value: str) -> str:
     return decode_bytes(data, "utf-8")
 
 
-def _sent_at(msg: Message) -> datetime | None:
+def _sent_at(headers: _RawHeaders) -> datetime | None:
     """Return the Date header as an aware UTC datetime; ``None`` when missing or invalid."""
-    raw = _raw_header(msg, "date")
+    raw = _raw_header(headers, "date")
     if raw is None:
         return None
     parsed = _guard(lambda: parsedate_to_datetime(_unfold(raw)), None)
@@ -575,9 +633,9 @@ def _sent_at(msg: Message) -> datetime | None:
     return _guard(lambda: parsed.astimezone(UTC), None)
 
 
-def _raw_header_text(msg: Message, name: str) -> str | None:
+def _raw_header_text(headers: _RawHeaders, name: str) -> str | None:
     """Return the first raw value of header ``name`` unfolded, 8-bit bytes decoded; no RFC 2047."""
-    raw = _raw_header(msg, name)
+    raw = _raw_header(headers, name)
     return None if raw is None else _unfold(_raw_text(raw))
 
 
@@ -622,14 +680,35 @@ def _content_type(part: Message) -> str:
     return content_type
 
 
-def _is_attachment(part: Message) -> bool:
+@dataclass(frozen=True, slots=True)
+class _Leaf:
+    """A leaf part with what the body and attachment passes both read, read once."""
+
+    part: Message
+    content_type: str
+    filename: str
+    is_attachment: bool
+
+
+def _leaf_facts(msg: Message) -> list[_Leaf]:
+    return [_leaf(part) for part in _leaves(msg)]
+
+
+def _leaf(part: Message) -> _Leaf:
+    content_type = _content_type(part)
+    filename = _filename(part)
     disposition = _guard(part.get_content_disposition, None)
-    if disposition == "attachment" or _filename(part):
-        return True
-    return _content_type(part) not in ("text/plain", "text/html")
+    is_attachment = (
+        disposition == "attachment"
+        or bool(filename)
+        or content_type not in ("text/plain", "text/html")
+    )
+    return _Leaf(part, content_type, filename, is_attachment)
 
 
 def _filename(part: Message) -> str:
+    if not _may_name_a_file(part):
+        return ""
     name = _guard(part.get_filename, None)
     if not name:
         return ""
@@ -638,6 +717,19 @@ def _filename(part: Message) -> str:
         # Some clients put RFC 2047 words in filename= (not allowed, but common).
         name = _decode_rfc2047(name)
     return _unfold(name)
+
+
+def _may_name_a_file(part: Message) -> bool:
+    """False when neither header get_filename reads has a parameter called ``*name*``.
+
+    get_filename looks for ``filename`` (Content-Disposition) then ``name`` (Content-Type),
+    matching parameter names case-insensitively: most parts have neither, and the substring
+    test is much cheaper than the parameter parse.
+    """
+    values = _guard(
+        lambda: f"{part.get('content-disposition', '')} {part.get('content-type', '')}", None
+    )
+    return values is None or "name" in values.lower()
 
 
 def _payload_bytes(part: Message) -> bytes:
@@ -653,30 +745,31 @@ def _payload_bytes(part: Message) -> bytes:
     return b""
 
 
-def _attachments(msg: Message) -> Iterator[Attachment]:
-    for part in _leaves(msg):
-        if _is_attachment(part):
+def _attachments(leaves: list[_Leaf]) -> Iterator[Attachment]:
+    for leaf in leaves:
+        if leaf.is_attachment:
             yield Attachment(
-                filename=_filename(part),
-                mime_type=_content_type(part),
-                size=len(_payload_bytes(part)),
+                filename=leaf.filename,
+                mime_type=leaf.content_type,
+                size=len(_payload_bytes(leaf.part)),
             )
 
 
-def _part_text(part: Message) -> str:
+def _part_text(leaf: _Leaf) -> str:
+    part = leaf.part
     data = _payload_bytes(part)
     charset = _guard(part.get_content_charset, None)
-    if _content_type(part) == "text/html":
+    if leaf.content_type == "text/html":
         markup = decode_html(data, charset)
         return _clean(_guard(lambda: html_to_text(markup), ""))
     text = decode_bytes(data, charset).replace("\r\n", "\n").replace("\r", "\n")
     return text.strip()
 
 
-def _body_text(msg: Message) -> str:
-    inline = [part for part in _leaves(msg) if not _is_attachment(part)]
+def _body_text(leaves: list[_Leaf]) -> str:
+    inline = [leaf for leaf in leaves if not leaf.is_attachment]
     for wanted in ("text/plain", "text/html"):
-        texts = [_part_text(part) for part in inline if _content_type(part) == wanted]
+        texts = [_part_text(leaf) for leaf in inline if leaf.content_type == wanted]
         joined = "\n\n".join(t for t in texts if t)
         if joined:
             return joined

@@ -14,6 +14,13 @@ published cut, never refused by Kafka and dead-lettered.
 
 Small messages (most mail: the generated corpus averages 3.3 KB) are parsed on the event loop:
 a few milliseconds each, less than shipping them to a worker and back costs.
+
+Messages bound for the pool travel in chunks (:func:`normalize_in_pool`): one call carries up to
+:data:`CHUNK_MESSAGES` messages or :data:`CHUNK_BYTES` of raw mail (a batch still makes a chunk
+per worker when it can), so the hand-over (a thread switch, a pipe round trip, the pickling of a
+call) is paid once per chunk, not per message: one call per message cost the parent more CPU
+than the worker's parse and kept the worker waiting. A chunk that runs past ``record_timeout``
+or loses its worker is run again one message per call, so the message at fault fails alone.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from schemas.models import EmailNormalized, GmailMessageFetched, JobKind
 from schemas.serde import Serde
@@ -28,11 +36,17 @@ from streams.runtime.cpu_pool import CpuPool
 from streams.runtime.stage import JobRef, Outcome, Record
 from streams.stages.base import Decoder, event_record, utc_now
 from streams.stages.fitting import value_limit
-from streams.stages.mime import normalized_event
+from streams.stages.mime import normalized_events
 
 DOWNSTREAM_KINDS = (JobKind.EXTRACT_CONTACTS, JobKind.EMBED, JobKind.INSIGHT)
 # Raw messages up to this size are parsed in place, larger ones in the pool.
 INLINE_MAX_BYTES = 32 * 1024
+# A pool call carries at most this many messages and this many raw bytes; a larger message goes
+# alone. From 16 to 64 messages a call, the parent's CPU per message fell by a third.
+CHUNK_MESSAGES = 64
+CHUNK_BYTES = 256 * 1024
+
+_Parsed = EmailNormalized | Exception
 
 
 class NormalizeStage:
@@ -93,32 +107,123 @@ class NormalizeStage:
     async def process(self, records: Sequence[Record]) -> list[Outcome]:
         """Normalize each message, in parallel when there is a pool; failures fail one message."""
         decoded = self.fetched.decode_each(records)
-        return list(await asyncio.gather(*(self._outcome(event) for event in decoded)))
+        events = [event for event in decoded if not isinstance(event, Exception)]
+        parsed = iter(await self._parse(events))
+        return [
+            Outcome(error=event)
+            if isinstance(event, Exception)
+            else self._outcome(event, next(parsed))
+            for event in decoded
+        ]
 
-    async def _outcome(self, fetched: GmailMessageFetched | Exception) -> Outcome:
-        if isinstance(fetched, Exception):
-            return Outcome(error=fetched)
-        try:
-            normalized = await self._parse(fetched)
-        except Exception as exc:  # noqa: BLE001 - routed by the runner
-            return Outcome(error=exc)
+    def _outcome(self, fetched: GmailMessageFetched, normalized: _Parsed) -> Outcome:
+        if isinstance(normalized, Exception):
+            return Outcome(error=normalized)
         ref = JobRef(fetched.user_id, fetched.message_id, batch_id=fetched.sync_id)
         return Outcome(
             outputs=[event_record(self.serde, self.normalized_topic, normalized)],
             queued=[(kind, ref) for kind in DOWNSTREAM_KINDS],
         )
 
-    async def _parse(self, fetched: GmailMessageFetched) -> EmailNormalized:
+    async def _parse(self, events: Sequence[GmailMessageFetched]) -> list[_Parsed]:
+        """Return each event's normalized form or exception, in order."""
         now = utc_now(self.clock)
-        limit = (
-            None
-            if self.max_record_bytes is None
-            else value_limit(self.max_record_bytes, fetched.user_id.encode())
-        )
-        if self.pool is None or len(fetched.raw) <= self.inline_max_bytes:
-            return normalized_event(fetched, now, limit)
-        # The worker gets the fetched event (its raw bytes and a few ids) and sends back the
-        # normalized one, already fitted: nothing else crosses the process boundary.
-        return await self.pool.run(
-            normalized_event, fetched, now, limit, max_seconds=self.record_timeout
-        )
+        items = [(event, self._limit(event)) for event in events]
+        pooled = [
+            self.pool is not None and len(event.raw) > self.inline_max_bytes for event in events
+        ]
+        chosen = [item for item, goes in zip(items, pooled, strict=True) if goes]
+        in_pool: asyncio.Future[list[_Parsed]] | None = None
+        if self.pool is not None and chosen:
+            # The workers get the fetched events (raw bytes and a few ids) and send back the
+            # normalized ones, already fitted: nothing else crosses the process boundary.
+            in_pool = asyncio.ensure_future(
+                normalize_in_pool(self.pool, chosen, now, record_timeout=self.record_timeout)
+            )
+        try:
+            here = await self._parse_here(items, pooled, now)
+            from_pool = iter(await in_pool if in_pool is not None else [])
+        finally:
+            if in_pool is not None:
+                in_pool.cancel()  # a no-op once done; kills the workers' calls if not
+        return [next(from_pool) if parsed is None else parsed for parsed in here]
+
+    async def _parse_here(
+        self,
+        items: Sequence[tuple[GmailMessageFetched, int | None]],
+        pooled: Sequence[bool],
+        now: datetime,
+    ) -> list[_Parsed | None]:
+        """Parse the messages not bound for the pool on this thread; ``None`` for the others."""
+        parsed: list[_Parsed | None] = []
+        for item, goes in zip(items, pooled, strict=True):
+            if goes:
+                parsed.append(None)
+                continue
+            # Between messages the loop serves others: heartbeats, the pool's hand-overs.
+            await asyncio.sleep(0)
+            parsed.append(normalized_events([item], now)[0])
+        return parsed
+
+    def _limit(self, fetched: GmailMessageFetched) -> int | None:
+        if self.max_record_bytes is None:
+            return None
+        return value_limit(self.max_record_bytes, fetched.user_id.encode())
+
+
+async def normalize_in_pool(
+    pool: CpuPool,
+    items: Sequence[tuple[GmailMessageFetched, int | None]],
+    now: datetime,
+    *,
+    record_timeout: float | None,
+) -> list[_Parsed]:
+    """Normalize ``(fetched, max_bytes)`` items in ``pool``, in chunks; results in order.
+
+    Never raises for one message: its exception stands in its place (TIMEOUT class when it ran
+    past ``record_timeout`` or killed its worker).
+
+    Arguments:
+        pool: The worker processes.
+        items: Each message with the most bytes its encoded event may take (``None``: no limit).
+        now: Stamps ``normalized_at``.
+        record_timeout: Seconds one message (and so one chunk) may take; ``None``: no limit.
+    """
+    # Never fewer chunks than workers when there are enough messages: a batch spreads over all.
+    per_chunk = max(1, min(CHUNK_MESSAGES, -(-len(items) // pool.workers)))
+    chunks = _chunks(items, per_chunk)
+    results = await asyncio.gather(
+        *(_normalize_chunk(pool, chunk, now, record_timeout) for chunk in chunks)
+    )
+    return [result for chunk_results in results for result in chunk_results]
+
+
+def _chunks(
+    items: Sequence[tuple[GmailMessageFetched, int | None]], per_chunk: int
+) -> list[list[tuple[GmailMessageFetched, int | None]]]:
+    chunks: list[list[tuple[GmailMessageFetched, int | None]]] = []
+    size = 0
+    for item in items:
+        length = len(item[0].raw)
+        if not chunks or len(chunks[-1]) >= per_chunk or size + length > CHUNK_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += length
+    return chunks
+
+
+async def _normalize_chunk(
+    pool: CpuPool,
+    chunk: list[tuple[GmailMessageFetched, int | None]],
+    now: datetime,
+    record_timeout: float | None,
+) -> list[_Parsed]:
+    try:
+        return await pool.run(normalized_events, chunk, now, max_seconds=record_timeout)
+    except Exception as exc:  # noqa: BLE001 - a deadline, a lost worker: per message below
+        if len(chunk) == 1:
+            return [exc]
+    # One message ran past the deadline or killed the worker: alone, it fails alone.
+    alone = [_normalize_chunk(pool, [item], now, record_timeout) for item in chunk]
+    return [results[0] for results in await asyncio.gather(*alone)]

@@ -161,6 +161,7 @@ async def test_a_message_that_parses_too_long_fails_alone(pool: CpuPool) -> None
 async def test_small_messages_are_parsed_in_place_and_large_ones_in_the_pool() -> None:
     class CountingPool:
         calls = 0
+        workers = 1
 
         async def run(self, fn: Any, *args: Any, max_seconds: float | None = None) -> Any:
             CountingPool.calls += 1
