@@ -29,6 +29,7 @@ from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.stage import Stage
 from streams.runtime.worker import BatchConfig, build_worker_app, largest_record_bytes
 from streams.stages.base import event_record
+from streams.stages.chunk_vectors import PostgresChunkVectors
 from streams.stages.embed import EmbedStage
 from streams.stages.embedding import (
     EmbeddingProvider,
@@ -185,6 +186,7 @@ class Resources:
     _embedder: EmbeddingProvider | None = None
     _cpu_pool: CpuPool | None = None
     _backfill_pace: QuotaLimiter | None = None
+    _chunk_vectors: PostgresChunkVectors | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Resources:
@@ -225,11 +227,22 @@ class Resources:
             self._gmail.close()
         if self._state is not None:
             await self._state.close()
+        if self._chunk_vectors is not None:
+            await self._chunk_vectors.close()
         closer = getattr(self._embedder, "aclose", None)
         if closer is not None:
             await closer()
         if self._cpu_pool is not None:
             await self._cpu_pool.aclose()
+
+    @property
+    def chunk_vectors(self) -> PostgresChunkVectors:
+        """Vectors of chunks each user's mail already had embedded (Postgres)."""
+        if self._chunk_vectors is None:
+            self._chunk_vectors = PostgresChunkVectors(
+                self.settings.database_url.get_secret_value()
+            )
+        return self._chunk_vectors
 
     @property
     def cpu_pool(self) -> CpuPool:
@@ -322,6 +335,7 @@ def build_stages(agent: str, catalogue: Catalogue, resources: Resources) -> Mapp
             max_chunks=settings.embed_max_chunks,
             sub_batch=LOCAL_EMBED_SUB_BATCH if local else API_EMBED_SUB_BATCH,
             concurrency=resources.cpu_pool.workers if local else API_EMBED_CONCURRENCY,
+            vector_store=resources.chunk_vectors,
         )
         return {catalogue.email_normalized.name: stage}
     if agent == "insight":

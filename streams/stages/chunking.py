@@ -8,14 +8,19 @@ Rules: a chunk is at most ``max_chars`` characters and is an exact slice of the 
 empty. A chunk ends, in order of preference, at a paragraph break, a line break, a sentence end
 or a space found in the second half of the window, else it is cut hard at ``max_chars``. The
 next chunk starts up to ``overlap`` characters before the previous end, at a word start.
+
+:func:`chunk_hash` names a chunk by its text with whitespace runs collapsed (Unicode NFC), so
+the embed stage can recognise a chunk it embedded before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_OVERLAP", "Chunk", "check_chunking", "chunk_text"]
+__all__ = ["DEFAULT_OVERLAP", "Chunk", "check_chunking", "chunk_hash", "chunk_text"]
 
 DEFAULT_OVERLAP = 100
 
@@ -28,6 +33,7 @@ _BREAKS = (
     re.compile(r"\s"),  # word
 )
 _SPACE = re.compile(r"\s")
+_SPACES = re.compile(r"\s+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +90,16 @@ def check_chunking(*, max_chars: int, overlap: int = DEFAULT_OVERLAP) -> None:
         raise ValueError(
             f"overlap must be in [0, max_chars), got overlap={overlap} with max_chars={max_chars}"
         )
+
+
+def chunk_hash(text: str) -> bytes:
+    """Return the SHA-256 of ``text`` with whitespace runs made one space, trimmed, NFC.
+
+    Pure. Texts that differ only in spacing or Unicode composition share a hash: they say the
+    same, so the vector of one stands for the other.
+    """
+    normalized = _SPACES.sub(" ", unicodedata.normalize("NFC", text)).strip()
+    return hashlib.sha256(normalized.encode("utf-8", "surrogatepass")).digest()
 
 
 def _chunk_end(text: str, start: int, max_chars: int) -> int:

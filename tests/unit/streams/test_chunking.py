@@ -1,4 +1,4 @@
-"""chunk_text: boundaries, bounds, overlap, coverage and determinism."""
+"""chunk_text: boundaries, bounds, overlap, coverage and determinism; chunk_hash."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.stages.chunking import Chunk, chunk_text
+from streams.stages.chunking import Chunk, chunk_hash, chunk_text
 
 
 def test_empty_and_whitespace_text_give_no_chunks() -> None:
@@ -102,3 +102,16 @@ def test_a_limit_returns_the_first_chunks_and_nothing_else(text: str, limit: int
 def test_a_negative_limit_is_refused() -> None:
     with pytest.raises(ValueError, match="limit"):
         chunk_text("text", limit=-1)
+
+
+def test_chunk_hash_ignores_spacing_and_unicode_composition_only() -> None:
+    assert chunk_hash("Café  au\n lait ") == chunk_hash("Cafe\u0301 au lait")
+    assert chunk_hash("Café au lait") != chunk_hash("Cafe au lait")
+    assert chunk_hash("Budget: 42k") != chunk_hash("budget: 42k")
+    assert len(chunk_hash("")) == 32
+
+
+@given(st.text(max_size=200), st.text(alphabet=" \t\n", min_size=1, max_size=3))
+def test_chunk_hash_is_the_same_for_any_whitespace_between_words(text: str, gap: str) -> None:
+    words = text.split()
+    assert chunk_hash(gap.join(words)) == chunk_hash(" ".join(words))
