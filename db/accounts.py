@@ -32,6 +32,7 @@ USER_TABLES = (
     "sync_listings",
     "sync_listed_ids",
     "insight_state",
+    "chunk_vectors",
     "account_credentials",
     "accounts",
 )

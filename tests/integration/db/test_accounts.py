@@ -102,3 +102,13 @@ async def test_remove_keeps_data_and_purge_deletes_the_users_rows_everywhere(con
     assert [a.user_id for a in await accounts.list_accounts(conn)] == ["kept@x.test"]
     with pytest.raises(AccountNotFoundError):
         await accounts.remove_account(conn, "gone@x.test", purge=True)
+
+
+async def test_purge_knows_every_table_that_holds_a_users_rows(conn: Any) -> None:
+    """A new table with a user_id column (say, stored vectors) must be purged too."""
+    cursor = await conn.execute(
+        "SELECT table_name FROM information_schema.columns"
+        " WHERE column_name = 'user_id' AND table_schema = 'public'"
+    )
+    with_users = {row[0] for row in await cursor.fetchall()}
+    assert with_users == set(accounts.USER_TABLES)
