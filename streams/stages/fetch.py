@@ -26,6 +26,7 @@ from streams.stages.gmail.client import (
     FetchedMessage,
     FetchNeed,
     GmailClient,
+    MessageFailed,
     MessageGone,
     MessageRef,
 )
@@ -102,15 +103,19 @@ class FetchStage:
             results = await self.gmail.fetch_messages(
                 user, refs, need=FetchNeed.RAW, lane=self.lane
             )
-        except Exception as exc:  # noqa: BLE001 - each message of the user fails alike
+        except Exception as exc:  # noqa: BLE001 - nothing came through: each message fails alike
             return [Outcome(error=exc) for _ in events]
+        # Messages fetched stand even when others of the batch failed: only those go round the
+        # retry ladder again.
         return [self._outcome(event, results.get(event.message_id)) for event in events]
 
     def _outcome(
-        self, event: MessageDiscovered, result: FetchedMessage | MessageGone | None
+        self, event: MessageDiscovered, result: FetchedMessage | MessageGone | MessageFailed | None
     ) -> Outcome:
         if isinstance(result, MessageGone):
             return Outcome(note="deleted in Gmail since it was listed")
+        if isinstance(result, MessageFailed):
+            return Outcome(error=result.error)
         if result is None or result.raw is None:
             return Outcome(error=PermanentError(f"no raw payload for {event.message_id}"))
         fetched = GmailMessageFetched(

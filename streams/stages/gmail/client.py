@@ -172,7 +172,15 @@ class MessageGone:
     id: str
 
 
-FetchOutcome = FetchedMessage | MessageGone
+@dataclass(frozen=True)
+class MessageFailed:
+    """This message could not be fetched (its retries ran out); the others were."""
+
+    id: str
+    error: Exception
+
+
+FetchOutcome = FetchedMessage | MessageGone | MessageFailed
 
 
 @dataclass
@@ -230,6 +238,14 @@ _MISSING_PART = GmailFailure(RetryClass.TRANSIENT, None, 0, "missingPart", "no r
 # deadline, which would turn it into a TIMEOUT and lose the time Gmail gave). One quota window,
 # the limiter's backoff ceiling.
 MAX_IN_PROCESS_WAIT_SECONDS = 60.0
+
+
+def _message_ids(calls: Iterable[PlannedCall]) -> list[str]:
+    """The message ids ``calls`` were to fetch."""
+    ids: list[str] = []
+    for call in calls:
+        ids.extend([call.id] if call.kind == "message" else call.message_ids)
+    return ids
 
 
 def _waits_too_long(failure: GmailFailure) -> bool:
@@ -647,15 +663,20 @@ class GmailClient:
     ) -> dict[str, FetchOutcome]:
         """Fetch each distinct id once through the planner, in batches of at most 25.
 
-        Returns one outcome per id: ``FetchedMessage`` or ``MessageGone`` (404, deleted).
-        Throttles and transient failures are retried within ``max_attempts``. With ``lane``,
-        every batch (retries too) first waits for the lane's share of the user's quota
+        Returns one outcome per id: ``FetchedMessage``, ``MessageGone`` (404, deleted) or
+        ``MessageFailed``. Throttles and transient failures are retried within
+        ``max_attempts`` per call; a call whose retries run out fails its own messages only, and
+        when Gmail asks for a wait over ``MAX_IN_PROCESS_WAIT_SECONDS`` the messages not fetched
+        yet fail with that wait: what was fetched is kept either way. (Failing the whole batch
+        instead made every retry fetch everything again: under 30 % injected 429s, where each
+        throttle blocks the user until its Retry-After, a mailbox never got through.) With
+        ``lane``, every batch (retries too) first waits for the lane's share of the user's quota
         (``lane_limiter``), then for the user's limiter like any call.
 
         Raises:
-            RateLimitedError, QuotaExceededError, TransientError, StageTimeoutError: retries ran
-                out, Gmail asked for a wait over ``MAX_IN_PROCESS_WAIT_SECONDS``, or the daily
-                quota is gone (``retry_after`` says when to come back).
+            RateLimitedError, QuotaExceededError, TransientError, StageTimeoutError: no message
+                could be fetched (the first failure), or the daily quota is gone
+                (``retry_after`` says when to come back).
             PermanentError: Gmail refused a call for good (e.g. 400, 403 domainPolicy).
         """
         wanted = [r if isinstance(r, MessageRef) else MessageRef(r) for r in refs]
@@ -663,6 +684,7 @@ class GmailClient:
         if headers_only:
             need = FetchNeed.HEADERS
         outcomes: dict[str, FetchOutcome] = {}
+        failed: dict[str, Exception] = {}
         pending = plan_fetch(wanted, need, self.costs)
         limiter = self.limiter(user)
         share = self.lane_limiter(lane, user) if lane is not None else None
@@ -675,21 +697,36 @@ class GmailClient:
                 *(self._run_batch(user, b, need, outcomes, share) for b in batches)
             )
             pending = [call for r in rounds for call in r.follow_ups]
+            retry: list[PlannedCall] = []
             worst_transient = 0
             for call, failure in (item for r in rounds for item in r.failed):
                 attempts[call] += 1
-                if attempts[call] >= self.config.max_attempts or _waits_too_long(failure):
-                    raise to_error(failure, f"{call.method} {call.id} for {user}")
+                if _waits_too_long(failure):
+                    # Gmail wants this user left alone for a while: stop here.
+                    error = to_error(failure, f"{call.method} {call.id} for {user}")
+                    left = [call, *pending, *retry, *(c for r in rounds for c, _ in r.failed)]
+                    failed.update(dict.fromkeys(_message_ids(left), error))
+                    pending, retry, worst_transient = [], [], 0
+                    break
+                if attempts[call] >= self.config.max_attempts:
+                    error = to_error(failure, f"{call.method} {call.id} for {user}")
+                    failed.update(dict.fromkeys(_message_ids([call]), error))
+                    continue
                 if failure.retry_class is not RetryClass.RATE_LIMIT:
                     # Throttles do not count here: a call throttled thrice, then given a 503,
                     # is on its first 5xx retry.
                     transient_failures[call] += 1
                     worst_transient = max(worst_transient, transient_failures[call])
-                pending.append(call)
+                retry.append(call)
+            pending.extend(retry)
             if worst_transient:
                 # Throttles are already enforced by the limiter; 5xx and timeouts back off here.
                 self.stats.retried += 1
                 await asyncio.sleep(limiter.backoff(worst_transient))
+        failed = {key: error for key, error in failed.items() if key not in outcomes}
+        if failed and not outcomes:
+            raise next(iter(failed.values()))  # nothing came through: the batch failed
+        outcomes.update({key: MessageFailed(key, error) for key, error in failed.items()})
         if headers_only:
             return {key: _headers_as_message(outcome) for key, outcome in outcomes.items()}
         return outcomes

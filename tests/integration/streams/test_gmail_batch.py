@@ -13,7 +13,14 @@ from googleapiclient.errors import HttpError
 
 from devstack.gmail_emulator import FaultConfig, QuotaConfig
 from schemas.errors import TransientError
-from streams.stages.gmail.client import FetchNeed, GmailClient, GmailClientConfig, MessageGone
+from streams.stages.gmail.client import (
+    FetchedMessage,
+    FetchNeed,
+    GmailClient,
+    GmailClientConfig,
+    MessageFailed,
+    MessageGone,
+)
 from tests.integration.conftest import EmulatorFactory
 
 USER = "batch@inboxflow.test"
@@ -97,3 +104,28 @@ async def test_retries_run_out_with_the_classified_error(
     finally:
         client.close()
     assert emu.accounting.statuses[500] == 3 * 3  # three parts, three tries each
+
+
+async def test_a_message_whose_retries_run_out_fails_alone_and_the_fetched_are_kept(
+    gmail_emulator_factory: EmulatorFactory,
+) -> None:
+    """Half the calls fail and no call is retried: the other half come back, fetched once."""
+    emu = gmail_emulator_factory()
+    emu.add_user(USER, messages=20, seed=4)
+    ids = emu.message_ids(USER)
+    emu.set_faults(FaultConfig(rate_500=0.5, seed=9))
+    client = GmailClient(GmailClientConfig(api_root=emu.url, max_attempts=1))
+    try:
+        outcomes = await client.fetch_messages(USER, ids, need=FetchNeed.RAW)
+    finally:
+        client.close()
+
+    assert set(outcomes) == set(ids)
+    fetched = [o for o in outcomes.values() if isinstance(o, FetchedMessage)]
+    failed = [o for o in outcomes.values() if isinstance(o, MessageFailed)]
+    assert fetched, "some calls got through"
+    assert failed, "some calls failed"
+    assert len(fetched) + len(failed) == len(ids)
+    assert all(isinstance(o.error, TransientError) for o in failed)
+    assert emu.accounting.statuses[200] == len(fetched)  # nothing fetched twice
+    assert emu.accounting.statuses[500] == len(failed)
