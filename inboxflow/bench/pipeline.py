@@ -1,49 +1,81 @@
-"""``inboxflow bench pipeline``: the normalize agent against a naive consumer, same messages.
+"""``inboxflow bench pipeline``: the normalize agent against the peers a user would pick.
 
-Both turn the same GmailMessageFetched records (generated mail, realistic MIME) into
-EmailNormalized with the same pure ``normalize_message``; only the plumbing differs:
+Every side turns the same GmailMessageFetched records (generated mail, realistic MIME) into
+EmailNormalized with the same pure ``normalized_event`` and the same serde; only the plumbing
+differs. Each runs as its own process, one after the other, on its own throw-away topics:
 
-- **inboxflow**: ``inboxflow worker --agent normalize`` as a process: faust, batches with manual
-  acks, job-state events, failure routing, outputs acknowledged before the ack.
-- **naive peer**: the usual first attempt, an aiokafka loop that consumes one record, produces
-  its result with ``send_and_wait`` and commits, record by record (at-least-once too).
+- **inboxflow**: ``inboxflow worker --agent normalize``: faust, batches with manual acks, job-state
+  events, failure routing, outputs acknowledged before the ack.
+- **quix**: a Quix Streams application, at-least-once (``inboxflow.bench.peers``).
+- **batched**: a well-written aiokafka loop: ``getmany`` up to 500, produce all, await, commit.
+- **naive**: one record at a time, ``send_and_wait``, commit per record.
+- **ceiling**: the pure function alone in one process, no Kafka at all.
 
-Rates count from each side's first output to its last, so process start-up and the group join,
-which both pay, are left out (start-up is printed apart). Peak memory is the process's VmHWM.
-Everything runs under a throw-away topic namespace on the configured Kafka.
+Rates count from each side's first output to its last, so process start-up and the group join
+are left out of them (time to first output is a figure of its own). CPU is the process tree's
+user and system time between the first and the last output; peak memory is VmHWM summed over
+the process tree (the agent's CPU pool, if it started one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiokafka import TopicPartition
-
 from devstack.gmail_emulator.generator import generate_messages
+from inboxflow.bench.peers import CeilingResult
 from inboxflow.settings import Settings
 from inboxflow.wiring import kafka_from, serde_from
 from schemas.models import GmailMessageFetched
-from schemas.serde import Serde, serde_for
-from streams.stages.mime import normalized_event
+from schemas.serde import Serde
 from topics.admin import ensure_topics
 from topics.catalogue import Catalogue, build_catalogue
 from topics.kafka import KafkaClients
 
+log = logging.getLogger(__name__)
+
 _PARTITIONS = 3
+PEERS = ("quix", "batched", "naive")
+
+
+@dataclass(frozen=True)
+class SideFigures:
+    """One side's figures: a process turning the same records into EmailNormalized."""
+
+    name: str
+    messages_per_second: float  # first output to last
+    cpu_seconds_per_1000: float  # CPU of the process tree, first output to last
+    cpu_seconds_total: float  # from start to the last output, start-up included
+    peak_rss_mib: float  # VmHWM, summed over the process tree
+    main_peak_rss_mib: float  # VmHWM of the process itself (without its CPU pool)
+    first_output_seconds: float  # from spawning the process
+
+
+@dataclass(frozen=True)
+class PeerRatios:
+    """inboxflow over one peer: above 1 is faster (rate), below 1 is cheaper (CPU, RSS)."""
+
+    rate: float
+    cpu_per_message: float
+    peak_rss: float
+    first_output: float
 
 
 @dataclass(frozen=True)
 class PipelineBenchResult:
-    """Figures of one run."""
+    """Figures of one run; the flat ``naive_*`` and ``ratio`` fields compare with the naive peer."""
 
     messages: int
     inboxflow_messages_per_second: float
@@ -52,10 +84,42 @@ class PipelineBenchResult:
     inboxflow_startup_seconds: float
     inboxflow_peak_rss_mib: float
     naive_peak_rss_mib: float
+    inboxflow: SideFigures
+    peers: dict[str, SideFigures]
+    ratios: dict[str, PeerRatios]  # inboxflow / peer, by peer name
+    ceiling: CeilingResult
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict."""
         return asdict(self)
+
+    def table(self) -> list[str]:
+        """Return the figures as text lines: a row per side, then inboxflow / peer ratios."""
+        lines = [
+            f"{'side':<10} {'msg/s':>8} {'CPU-s/1k':>9} {'CPU-s all':>9} "
+            f"{'peak MiB':>9} {'main MiB':>9} {'1st out s':>9}"
+        ]
+        for side in (self.inboxflow, *self.peers.values()):
+            lines.append(
+                f"{side.name:<10} {side.messages_per_second:>8,.0f} "
+                f"{side.cpu_seconds_per_1000:>9.3f} {side.cpu_seconds_total:>9.2f} "
+                f"{side.peak_rss_mib:>9.1f} {side.main_peak_rss_mib:>9.1f} "
+                f"{side.first_output_seconds:>9.2f}"
+            )
+        ceiling = self.ceiling
+        lines.append(
+            f"{'ceiling':<10} {ceiling.messages_per_second:>8,.0f} "
+            f"{ceiling.cpu_seconds_per_1000:>9.3f}   (the function alone; with decode and "
+            f"encode {ceiling.with_serde_messages_per_second:,.0f} msg/s, "
+            f"{ceiling.with_serde_cpu_seconds_per_1000:.3f} CPU-s/1k)"
+        )
+        lines.append("inboxflow / peer: rate (>1 faster), CPU per message, peak RSS (<1 cheaper)")
+        for name, ratio in self.ratios.items():
+            lines.append(
+                f"  {name:<8} rate {ratio.rate:.2f}x  CPU {ratio.cpu_per_message:.2f}x  "
+                f"RSS {ratio.peak_rss:.2f}x  first output {ratio.first_output:.2f}x"
+            )
+        return lines
 
 
 def fetched_events(count: int, user: str = "bench@inboxflow.test") -> list[GmailMessageFetched]:
@@ -88,36 +152,39 @@ async def _produce(
         await producer.flush()
 
 
-async def _output_times(
-    kafka: KafkaClients, topic: str, count: int, deadline: float
-) -> list[float]:
-    """Arrival time of each output record, read as they come."""
-    arrivals: list[float] = []
+@dataclass
+class _Watch:
+    """What the watcher saw of one side: output arrival times and process samples."""
+
+    arrivals: list[float]
+    cpu_at_first: float = 0.0
+    cpu_at_last: float = 0.0
+    peak_rss_mib: float = 0.0
+    main_peak_rss_mib: float = 0.0
+
+
+async def _watch(
+    kafka: KafkaClients, topic: str, count: int, process: asyncio.subprocess.Process
+) -> _Watch:
+    """Read the side's outputs as they come; sample its CPU at the first and the last."""
+    watch = _Watch(arrivals=[])
+    deadline = time.monotonic() + 600
     async with kafka.started(kafka.consumer(topic)) as consumer:
-        while len(arrivals) < count and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
+        while len(watch.arrivals) < count and time.monotonic() < deadline:
+            if process.returncode is not None:
+                raise RuntimeError(f"the process exited ({process.returncode}) before its outputs")
+            batch = await consumer.getmany(timeout_ms=100)
             now = time.monotonic()
-            arrivals += [now for records in batch.values() for _ in records]
-    if len(arrivals) < count:
-        raise TimeoutError(f"only {len(arrivals)} of {count} outputs on {topic}")
-    return arrivals
-
-
-async def _naive_peer(
-    kafka: KafkaClients, source: str, target: str, count: int, group: str, serde: Serde
-) -> None:
-    kafka = kafka.with_client_id("naive-peer")
-    async with (
-        kafka.started(kafka.consumer(source, group_id=group)) as consumer,
-        kafka.started(kafka.producer(enable_idempotence=False, linger_ms=0)) as producer,
-    ):
-        for _ in range(count):
-            record = await consumer.getone()
-            fetched = serde.decode(record.value or b"", GmailMessageFetched)
-            normalized = normalized_event(fetched, datetime.now(UTC))
-            await producer.send_and_wait(target, serde.encode(normalized), key=record.key)
-            tp = TopicPartition(record.topic, record.partition)
-            await consumer.commit({tp: record.offset + 1})
+            got = sum(len(records) for records in batch.values())
+            if got and not watch.arrivals:
+                watch.cpu_at_first = _tree_cpu_seconds(process.pid)
+            watch.arrivals += [now] * got
+    if len(watch.arrivals) < count:
+        raise TimeoutError(f"only {len(watch.arrivals)} of {count} outputs on {topic}")
+    watch.cpu_at_last = _tree_cpu_seconds(process.pid)
+    watch.peak_rss_mib = _tree_peak_rss_mib(process.pid)
+    watch.main_peak_rss_mib = _peak_rss_mib(process.pid)
+    return watch
 
 
 def _rate(count: int, arrivals: list[float]) -> float:
@@ -125,16 +192,80 @@ def _rate(count: int, arrivals: list[float]) -> float:
     return (count - 1) / span
 
 
+def _tree(pid: int) -> list[int]:
+    """Return ``pid`` and its descendants (a worker's CPU pool processes)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree = [pid]
+    for member in tree:
+        tree += [child for child, parent in parents.items() if parent == member]
+    return tree
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    ticks = 0
+    for member in _tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_peak_rss_mib(pid: int) -> float:
+    return sum(_peak_rss_mib(member) for member in _tree(pid))
+
+
 def _peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0.0
+    for line in lines:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
 
-async def _run_inboxflow(
-    settings: Settings, catalogue: Catalogue, count: int
-) -> tuple[float, float, float]:
+async def _run_side(
+    name: str, argv: list[str], env: dict[str, str], kafka: KafkaClients, topic: str, count: int
+) -> SideFigures:
+    """Start one side as a process, measure it until its last output, then stop it."""
+    with tempfile.TemporaryFile() as stderr:
+        started = time.monotonic()
+        process = await asyncio.create_subprocess_exec(
+            *argv, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+        try:
+            watch = await _watch(kafka, topic, count, process)
+        except (RuntimeError, TimeoutError) as exc:
+            stderr.seek(0)
+            tail = stderr.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"{name}: {exc}\n{tail}") from exc
+        finally:
+            if process.returncode is None:
+                process.terminate()
+            await asyncio.wait_for(process.wait(), timeout=60)
+    return SideFigures(
+        name=name,
+        messages_per_second=round(_rate(count, watch.arrivals), 1),
+        cpu_seconds_per_1000=round(
+            (watch.cpu_at_last - watch.cpu_at_first) * 1000 / max(count - 1, 1), 3
+        ),
+        cpu_seconds_total=round(watch.cpu_at_last, 2),
+        peak_rss_mib=round(watch.peak_rss_mib, 1),
+        main_peak_rss_mib=round(watch.main_peak_rss_mib, 1),
+        first_output_seconds=round(watch.arrivals[0] - started, 2),
+    )
+
+
+def _worker_env(settings: Settings, catalogue: Catalogue) -> dict[str, str]:
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
@@ -145,72 +276,123 @@ async def _run_inboxflow(
     env.pop("INBOXFLOW_SCHEMA_REGISTRY_URL", None)
     if settings.schema_registry_url:
         env["INBOXFLOW_SCHEMA_REGISTRY_URL"] = settings.schema_registry_url
-    started = time.monotonic()
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "inboxflow", "worker", "--agent", "normalize",
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        arrivals = await _output_times(
-            kafka_from(settings),
-            catalogue.email_normalized.name,
-            count,
-            time.monotonic() + 600,
-        )
-        peak = _peak_rss_mib(worker.pid)
-    finally:
-        worker.terminate()
-        await asyncio.wait_for(worker.wait(), timeout=60)
-    return _rate(count, arrivals), arrivals[0] - started, peak
+    return env
 
 
-async def run_pipeline_bench(settings: Settings, messages: int = 2000) -> PipelineBenchResult:
-    """Run both sides on the same generated messages; return the figures."""
-    events = fetched_events(messages)
-    # Both sides speak the deployment's wire format (a registry URL in the settings: Confluent).
-    serde = serde_from(settings)
-    ours = build_catalogue(f"bench-{uuid.uuid4().hex[:8]}", partitions=_PARTITIONS)
-    peer = build_catalogue(f"bench-peer-{uuid.uuid4().hex[:8]}", partitions=_PARTITIONS)
-    kafka = kafka_from(settings)
-    for catalogue in (ours, peer):
-        await ensure_topics(kafka, catalogue.topics)
-        await _produce(kafka, catalogue.message_fetched.name, events, serde)
+def default_quix_python() -> str:
+    """The interpreter of the Quix Streams peer: its own venv if made, else this one."""
+    venv = Path.home() / ".cache" / "inboxflow" / "bench-quix-venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
 
-    rate, startup, peak = await _run_inboxflow(settings, ours, messages)
 
-    watcher = asyncio.create_task(
-        _output_times(kafka, peer.email_normalized.name, messages, time.monotonic() + 600)
+def require_quixstreams(python: str) -> None:
+    """Raise ``RuntimeError`` naming the fix when ``python`` cannot import quixstreams."""
+    found = subprocess.run(  # noqa: S603 - our own interpreter path and a fixed snippet
+        [python, "-c", "import quixstreams, inboxflow.bench.peers"],
+        capture_output=True,
+        check=False,
     )
-    # The peer inherits this environment, so it takes the same INBOXFLOW_KAFKA_* security.
-    argv = [kafka.bootstrap_servers, peer.message_fetched.name, peer.email_normalized.name]
-    argv += [str(messages)]
-    argv += [peer.normalize.group_id, settings.schema_registry_url or ""]
+    if found.returncode != 0:
+        raise RuntimeError(
+            f"{python} cannot run the Quix Streams peer. Quix Streams caps pydantic below "
+            "inboxflow's pins, so give it its own venv: python3.11 -m venv "
+            "~/.cache/inboxflow/bench-quix-venv && ~/.cache/inboxflow/bench-quix-venv/bin/pip "
+            "install -c <(grep -iv '^pydantic' constraints.txt) -e '.[bench-quix]' "
+            "(or leave the Quix peer out: --peer batched --peer naive)"
+        )
+
+
+def _runnable_peers(quix_python: str) -> tuple[str, ...]:
+    try:
+        require_quixstreams(quix_python)
+    except RuntimeError as exc:
+        log.warning("Quix Streams peer left out: %s", exc)
+        return tuple(peer for peer in PEERS if peer != "quix")
+    return PEERS
+
+
+async def _ceiling(count: int, registry_url: str) -> CeilingResult:
+    """Run the pure-function ceiling in a fresh process of its own."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "inboxflow.bench.pipeline", *argv,
+        sys.executable, "-m", "inboxflow.bench.peers", "ceiling", str(count), registry_url,
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     stdout, _ = await process.communicate()
-    naive_rate = _rate(messages, await watcher)
-    naive_peak = float(stdout.decode().strip() or 0)
-    return PipelineBenchResult(
-        messages=messages,
-        inboxflow_messages_per_second=round(rate, 1),
-        naive_messages_per_second=round(naive_rate, 1),
-        ratio=round(rate / naive_rate, 2),
-        inboxflow_startup_seconds=round(startup, 1),
-        inboxflow_peak_rss_mib=round(peak, 1),
-        naive_peak_rss_mib=round(naive_peak, 1),
+    if process.returncode != 0:
+        raise RuntimeError(f"the ceiling run failed ({process.returncode})")
+    return CeilingResult(**json.loads(stdout))
+
+
+def _ratios(ours: SideFigures, peer: SideFigures) -> PeerRatios:
+    return PeerRatios(
+        rate=round(ours.messages_per_second / peer.messages_per_second, 2),
+        cpu_per_message=round(ours.cpu_seconds_per_1000 / max(peer.cpu_seconds_per_1000, 1e-9), 2),
+        peak_rss=round(ours.peak_rss_mib / max(peer.peak_rss_mib, 1e-9), 2),
+        first_output=round(ours.first_output_seconds / max(peer.first_output_seconds, 1e-9), 2),
     )
 
 
-def _peer_main(argv: list[str]) -> None:
-    """Run the naive peer in its own process and print its peak RSS (MiB)."""
-    bootstrap, source, target, count, group, registry_url = argv
-    serde = serde_for(registry_url or None)
-    kafka = kafka_from(Settings(kafka_bootstrap_servers=bootstrap))
-    asyncio.run(_naive_peer(kafka, source, target, int(count), group, serde))
-    print(_peak_rss_mib(os.getpid()))  # noqa: T201 - read by the parent process
+async def run_pipeline_bench(
+    settings: Settings,
+    messages: int = 2000,
+    peers: Sequence[str] | None = None,
+    quix_python: str | None = None,
+) -> PipelineBenchResult:
+    """Run the agent and each peer, one after the other, on the same messages; return figures.
 
+    ``peers`` None runs every peer this machine can: Quix Streams only where its venv is set
+    up (logged when it is not). A peer named explicitly must run, or this raises RuntimeError.
+    """
+    quix_python = quix_python or default_quix_python()
+    if peers is None:
+        peers = _runnable_peers(quix_python)
+    elif "quix" in peers:
+        require_quixstreams(quix_python)
+    events = fetched_events(messages)
+    # Every side speaks the deployment's wire format (a registry URL in the settings: Confluent).
+    serde = serde_from(settings)
+    kafka = kafka_from(settings)
+    catalogues = {
+        name: build_catalogue(f"bench-{name}-{uuid.uuid4().hex[:8]}", partitions=_PARTITIONS)
+        for name in ("inboxflow", *peers)
+    }
+    for catalogue in catalogues.values():
+        await ensure_topics(kafka, catalogue.topics)
+        await _produce(kafka, catalogue.message_fetched.name, events, serde)
 
-if __name__ == "__main__":
-    _peer_main(sys.argv[1:])
+    ours = catalogues["inboxflow"]
+    worker = [sys.executable, "-m", "inboxflow", "worker", "--agent", "normalize"]
+    inboxflow = await _run_side(
+        "inboxflow",
+        worker,
+        _worker_env(settings, ours),
+        kafka,
+        ours.email_normalized.name,
+        messages,
+    )
+    measured: dict[str, SideFigures] = {}
+    for name in peers:
+        catalogue = catalogues[name]
+        python = quix_python if name == "quix" else sys.executable
+        # A peer inherits this environment, so it takes the same INBOXFLOW_KAFKA_* security.
+        argv = [python, "-m", "inboxflow.bench.peers", name, kafka.bootstrap_servers]
+        argv += [catalogue.message_fetched.name, catalogue.email_normalized.name]
+        argv += [catalogue.normalize.group_id, settings.schema_registry_url or ""]
+        measured[name] = await _run_side(
+            name, argv, dict(os.environ), kafka, catalogue.email_normalized.name, messages
+        )
+    ceiling = await _ceiling(messages, settings.schema_registry_url or "")
+    naive = measured.get("naive")
+    return PipelineBenchResult(
+        messages=messages,
+        inboxflow_messages_per_second=inboxflow.messages_per_second,
+        naive_messages_per_second=naive.messages_per_second if naive else 0.0,
+        ratio=_ratios(inboxflow, naive).rate if naive else 0.0,
+        inboxflow_startup_seconds=inboxflow.first_output_seconds,
+        inboxflow_peak_rss_mib=inboxflow.peak_rss_mib,
+        naive_peak_rss_mib=naive.peak_rss_mib if naive else 0.0,
+        inboxflow=inboxflow,
+        peers=measured,
+        ratios={name: _ratios(inboxflow, peer) for name, peer in measured.items()},
+        ceiling=ceiling,
+    )

@@ -394,13 +394,18 @@ class StageRunner:
                 sent.append(await self.publisher.send(item.wave(wave)))
             except KafkaError as exc:  # refused before queueing (too large, buffer timeout)
                 sent.append(exc)
+        # One wait for the whole wave: a gather per source record costs more than its records.
+        queued = [
+            future for futures in sent if not isinstance(futures, KafkaError) for future in futures
+        ]
+        results = iter(await asyncio.gather(*queued, return_exceptions=True))
         errors: list[KafkaError | None] = []
         for futures in sent:
             if isinstance(futures, KafkaError):
                 errors.append(futures)
                 continue
-            results = await asyncio.gather(*futures, return_exceptions=True)
-            failure = next((r for r in results if isinstance(r, BaseException)), None)
+            mine = [next(results) for _ in futures]
+            failure = next((r for r in mine if isinstance(r, BaseException)), None)
             if failure is not None and not isinstance(failure, KafkaError):
                 raise failure
             errors.append(failure)

@@ -172,6 +172,7 @@ class TakenWindow:
         self._waiting: deque[tuple[faust.types.EventT[Any], int]] = deque()
         self._changed = asyncio.Condition()
         self._broken: BaseException | None = None
+        self._filling = 0  # the size of the batch ``take`` is filling; 0 while it is not
 
     def full(self) -> bool:
         """Return True when ``put`` would wait."""
@@ -186,7 +187,14 @@ class TakenWindow:
             self._waiting.append((event, size))
             self.bytes += size
             self.events += 1
-            self._changed.notify_all()
+            if self._worth_waking():
+                self._changed.notify_all()
+
+    def _worth_waking(self) -> bool:
+        # Only ``take`` waits on a put: for a first event, then for a full batch or window.
+        # Waking it for every event would cost a task switch per record for nothing.
+        waiting = len(self._waiting)
+        return waiting == 1 or (self._filling > 0 and waiting >= self._filling) or self.full()
 
     async def take(self, size: int, within: float) -> list[tuple[faust.types.EventT[Any], int]]:
         """Return the next batch: wait for one event, then up to ``within`` s for ``size``."""
@@ -194,11 +202,15 @@ class TakenWindow:
         async with self._changed:
             await self._changed.wait_for(lambda: bool(self._waiting))
             until = loop.time() + within
-            # A full window gets no more events until this batch is released: go at once.
-            while len(self._waiting) < size and not self.full() and loop.time() < until:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout_at(until):
-                        await self._changed.wait()
+            self._filling = size
+            try:
+                # A full window gets no more events until this batch is released: go at once.
+                while len(self._waiting) < size and not self.full() and loop.time() < until:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(until):
+                            await self._changed.wait()
+            finally:
+                self._filling = 0
             return [self._waiting.popleft() for _ in range(min(size, len(self._waiting)))]
 
     async def release(self, batch: Sequence[tuple[faust.types.EventT[Any], int]]) -> None:
