@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench system clean
+.PHONY: run test lint format bench bench-peers system clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ format: $(STAMP)
 
 bench: $(STAMP) system
 	$(BIN)/pytest -m benchmark -s tests/benchmarks
+
+# The Quix Streams peer of `inboxflow bench pipeline` lives in a venv of its own: quixstreams caps
+# pydantic below the version pinned here.
+QUIX_VENV ?= $(HOME)/.cache/inboxflow/bench-quix-venv
+bench-peers:
+	$(PYTHON) -m venv $(QUIX_VENV)
+	grep -iv '^pydantic' constraints.txt > $(QUIX_VENV)/constraints.txt
+	$(QUIX_VENV)/bin/pip install -q -c $(QUIX_VENV)/constraints.txt -e '.[bench-quix]'
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -6,10 +6,7 @@ scale and a time budget for the small scale (the whole small run should take abo
 on 2 cores). A bench whose module is absent is listed as "not available" and skipped; a bench
 that raises is listed as failed with its error and the others still run. Benches print figures;
 none fails on a speed.
-
-Slots for benches other modules provide (``normalize``, ``embed``, ``legacy``): the entry finds
-``report_figures(settings, scale) -> dict`` in ``inboxflow.bench.<name>`` when that module
-exists. Rendering the markdown is pure (``render_markdown``) so it is tested without Kafka.
+Rendering the markdown is pure (``render_markdown``) so it is tested without Kafka.
 """
 
 from __future__ import annotations
@@ -43,16 +40,12 @@ class BenchEntry:
     module: str  # the bench is "not available" when this module is absent
     commands: Mapping[Scale, str]  # the command that runs it alone, per scale
     budget_seconds: float  # at the small scale
-    runner: Runner | None = None  # None: ``module.report_figures``, filled by its owner
+    runner: Runner  # runs the bench at a scale and returns its figures
 
     def missing(self) -> str:
         """Why the bench cannot run here, or "" when it can."""
         if importlib.util.find_spec(self.module) is None:
             return f"`{self.module}` is not in this checkout"
-        if self.runner is None and not hasattr(
-            importlib.import_module(self.module), "report_figures"
-        ):
-            return f"`{self.module}` has no `report_figures(settings, scale)` yet"
         return ""
 
     def about(self) -> str:
@@ -62,9 +55,7 @@ class BenchEntry:
 
     def run(self, settings: Settings, scale: Scale) -> Mapping[str, Any]:
         """Run the bench and return its figures."""
-        runner = self.runner or importlib.import_module(self.module).report_figures
-        figures: Mapping[str, Any] = runner(settings, scale)
-        return figures
+        return self.runner(settings, scale)
 
 
 @dataclass(frozen=True)
@@ -160,6 +151,13 @@ def _embed(settings: Settings, scale: Scale) -> Mapping[str, Any]:
     return asyncio.run(run_embed_bench(60 if scale == "small" else 1000)).to_dict()
 
 
+def _legacy(settings: Settings, scale: Scale) -> Mapping[str, Any]:
+    from inboxflow.bench.legacy import run_legacy_bench
+
+    users, messages = (2, 25) if scale == "small" else (4, 250)
+    return run_legacy_bench(settings, users, messages, timeout=300.0).to_dict()
+
+
 def _commands(small: str, large: str) -> dict[Scale, str]:
     return {"small": f"inboxflow bench {small}", "large": f"inboxflow bench {large}"}
 
@@ -223,8 +221,13 @@ REGISTRY: tuple[BenchEntry, ...] = (
         120,
         _embed,
     ),
-    # A slot: its owner adds inboxflow.bench.legacy with report_figures(settings, scale).
-    BenchEntry("legacy", "inboxflow.bench.legacy", _commands("legacy", "legacy"), 60),
+    BenchEntry(
+        "legacy",
+        "inboxflow.bench.legacy",
+        _commands("legacy --users 2 --messages 25", "legacy --users 4 --messages 250"),
+        240,
+        _legacy,
+    ),
 )
 
 
