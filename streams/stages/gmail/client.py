@@ -223,10 +223,12 @@ def _to_fetched(resource: Json, raw: bytes | None, exact: bool) -> FetchedMessag
 
 @dataclass
 class _Round:
-    """Outcome of one batch: new calls it made necessary, and calls that failed retryably."""
+    """Outcome of one batch: new calls it made necessary, calls that failed retryably, and
+    calls refused only because an earlier part of the batch was throttled."""
 
     follow_ups: list[PlannedCall] = field(default_factory=list)
     failed: list[tuple[PlannedCall, GmailFailure]] = field(default_factory=list)
+    blocked: list[PlannedCall] = field(default_factory=list)
 
 
 _RETRYABLE = (RetryClass.RATE_LIMIT, RetryClass.TRANSIENT, RetryClass.TIMEOUT)
@@ -696,7 +698,7 @@ class GmailClient:
             rounds = await asyncio.gather(
                 *(self._run_batch(user, b, need, outcomes, share) for b in batches)
             )
-            pending = [call for r in rounds for call in r.follow_ups]
+            pending = [call for r in rounds for call in (*r.follow_ups, *r.blocked)]
             retry: list[PlannedCall] = []
             worst_transient = 0
             for call, failure in (item for r in rounds for item in r.failed):
@@ -781,11 +783,16 @@ class GmailClient:
                 if failure.status == 401:
                     self.forget_credentials(user)
                 raise to_error(failure, call.method) from part_exc
+            elif failure.retry_class is RetryClass.RATE_LIMIT and throttle is not None:
+                # A user-rate throttle holds the user until its time: the parts after the first
+                # throttled one were refused for that, not for themselves, and do not spend an
+                # attempt (else a throttled batch burned the retries of every part behind it).
+                outcome.blocked.append(call)
+                if (failure.wait or 0) > (throttle.wait or 0):
+                    throttle = failure
             else:
                 outcome.failed.append((call, failure))
-                if failure.retry_class is RetryClass.RATE_LIMIT and (
-                    throttle is None or (failure.wait or 0) > (throttle.wait or 0)
-                ):
+                if failure.retry_class is RetryClass.RATE_LIMIT:
                     throttle = failure
         if throttle is not None:
             self.stats.throttled += 1

@@ -129,3 +129,24 @@ async def test_a_message_whose_retries_run_out_fails_alone_and_the_fetched_are_k
     assert all(isinstance(o.error, TransientError) for o in failed)
     assert emu.accounting.statuses[200] == len(fetched)  # nothing fetched twice
     assert emu.accounting.statuses[500] == len(failed)
+
+
+async def test_parts_refused_behind_a_throttle_do_not_spend_their_attempts(
+    gmail_emulator_factory: EmulatorFactory,
+) -> None:
+    """A 429 holds the user until its time, so Gmail refuses the rest of the batch too; those
+    parts were never tried, and a client that counted them failed most of a batch at once."""
+    emu = gmail_emulator_factory()
+    emu.add_user(USER, messages=20, seed=6)
+    ids = emu.message_ids(USER)
+    emu.set_faults(FaultConfig(rate_429=0.2, throttle_seconds=0.05, seed=5))
+    client = GmailClient(GmailClientConfig(api_root=emu.url, max_attempts=3))
+    try:
+        outcomes = await client.fetch_messages(USER, ids, need=FetchNeed.RAW)
+    finally:
+        client.close()
+
+    failed = [o for o in outcomes.values() if isinstance(o, MessageFailed)]
+    # Each message is drawn a 429 of its own at most three times in a row: 0.2^3 = 0.8 %.
+    assert len(failed) <= 2, [o.error for o in failed]
+    assert emu.accounting.throttled.get("injected", 0) > len(ids) // 10, "throttles happened"
