@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from devstack.gmail_emulator.generator import generate_messages
+from inboxflow.bench.pipeline import fetched_events as pipeline_events
 from schemas.models import GmailMessageFetched
 from streams.runtime.cpu_pool import CpuPool
 from streams.stages.mime import normalized_event
@@ -67,23 +67,7 @@ class NormalizeBenchResult:
 
 def fetched_events(count: int, seed: int) -> list[GmailMessageFetched]:
     """Return ``count`` generated messages of ``seed`` as GmailMessageFetched events."""
-    user = "bench@inboxflow.test"
-    now = datetime.now(UTC)
-    return [
-        GmailMessageFetched(
-            user_id=user,
-            message_id=f"m{index:06d}",
-            thread_id=f"t{index // 3:06d}",
-            sync_id="bench",
-            label_ids=list(generated.label_ids),
-            internal_date=datetime.fromtimestamp(generated.internal_date / 1000, UTC),
-            size_estimate=len(generated.raw),
-            snippet="",
-            raw=generated.raw,
-            fetched_at=now,
-        )
-        for index, generated in enumerate(generate_messages(seed, count, user))
-    ]
+    return pipeline_events(count, seed=seed)
 
 
 def run_normalize_bench(

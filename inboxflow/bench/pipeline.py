@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from devstack.gmail_emulator.generator import generate_messages
+from devstack.gmail_emulator.generator import GeneratedMessage, generate_messages
 from inboxflow.bench.peers import CeilingResult
 from inboxflow.settings import Settings
 from inboxflow.wiring import kafka_from, serde_from
@@ -122,24 +122,33 @@ class PipelineBenchResult:
         return lines
 
 
-def fetched_events(count: int, user: str = "bench@inboxflow.test") -> list[GmailMessageFetched]:
+def fetched_events(
+    count: int, user: str = "bench@inboxflow.test", *, seed: int = 7
+) -> list[GmailMessageFetched]:
     """Return ``count`` generated messages as GmailMessageFetched events."""
     now = datetime.now(UTC)
     return [
-        GmailMessageFetched(
-            user_id=user,
-            message_id=f"m{index:06d}",
-            thread_id=f"t{index // 3:06d}",
-            sync_id="bench",
-            label_ids=list(generated.label_ids),
-            internal_date=datetime.fromtimestamp(generated.internal_date / 1000, UTC),
-            size_estimate=len(generated.raw),
-            snippet="",
-            raw=generated.raw,
-            fetched_at=now,
-        )
-        for index, generated in enumerate(generate_messages(7, count, user))
+        as_fetched(generated, index, user, now)
+        for index, generated in enumerate(generate_messages(seed, count, user))
     ]
+
+
+def as_fetched(
+    generated: GeneratedMessage, index: int, user: str, now: datetime
+) -> GmailMessageFetched:
+    """Return a generated message as the sync agent would have fetched it (message ``index``)."""
+    return GmailMessageFetched(
+        user_id=user,
+        message_id=f"m{index:08d}",
+        thread_id=f"t{index // 3:08d}",
+        sync_id="bench",
+        label_ids=list(generated.label_ids),
+        internal_date=datetime.fromtimestamp(generated.internal_date / 1000, UTC),
+        size_estimate=len(generated.raw),
+        snippet="",
+        raw=generated.raw,
+        fetched_at=now,
+    )
 
 
 async def _produce(

@@ -46,6 +46,7 @@ from urllib.request import urlopen
 import psycopg
 
 from devstack.gmail_emulator.generator import GeneratedMessage, generate_messages
+from inboxflow.bench.pipeline import as_fetched
 from inboxflow.settings import Settings
 from inboxflow.supervisor import ProcessGroup, start_all
 from inboxflow.wiring import catalogue_from, kafka_from, serde_from
@@ -289,18 +290,7 @@ def fetched_stream(
     now = datetime.now(UTC)
     for index in range(first, first + count):
         generated = pool[index % len(pool)]
-        yield GmailMessageFetched(
-            user_id=users[index % len(users)],
-            message_id=f"m{index:08d}",
-            thread_id=f"t{index // 3:08d}",
-            sync_id="bench",
-            label_ids=list(generated.label_ids),
-            internal_date=datetime.fromtimestamp(generated.internal_date / 1000, UTC),
-            size_estimate=len(generated.raw),
-            snippet="",
-            raw=generated.raw,
-            fetched_at=now,
-        )
+        yield as_fetched(generated, index, users[index % len(users)], now)
 
 
 async def produce_fetched(
