@@ -32,6 +32,8 @@ from streams.stages.gmail.client import (
 )
 from streams.stages.gmail.limiter import QuotaLimiter
 
+FETCH_DEADLINE_SHARE = 0.8  # of the batch's deadline, spent fetching; the rest is for the rest
+
 
 class FetchStage:
     """Fetches discovered messages from Gmail, batched per user."""
@@ -97,11 +99,15 @@ class FetchStage:
 
     async def _fetch(self, user: str, events: list[MessageDiscovered]) -> list[Outcome]:
         refs = [MessageRef(e.message_id, e.thread_id or None) for e in events]
+        # Stop fetching a little before the runner's deadline for the batch: the messages
+        # fetched by then are kept (the runner's own timeout would throw every one away, and a
+        # mailbox throttled hard enough was fetched again and again, never finished).
+        deadline = time.monotonic() + FETCH_DEADLINE_SHARE * self.timeout
         try:
             if self.pace is not None:
                 await self.pace.acquire(len(refs), slots=0)
             results = await self.gmail.fetch_messages(
-                user, refs, need=FetchNeed.RAW, lane=self.lane
+                user, refs, need=FetchNeed.RAW, lane=self.lane, deadline=deadline
             )
         except Exception as exc:  # noqa: BLE001 - nothing came through: each message fails alike
             return [Outcome(error=exc) for _ in events]

@@ -24,6 +24,7 @@ import base64
 import json
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +38,7 @@ from google.auth.credentials import AnonymousCredentials, Credentials
 from googleapiclient.discovery import build_from_document
 
 from db.credentials import METADATA_SCOPE, READONLY_SCOPE
-from schemas.errors import InboxflowError, RetryClass, StaleHistoryError
+from schemas.errors import InboxflowError, RetryClass, StageTimeoutError, StaleHistoryError
 from streams.runtime.metrics import gmail_user_units
 from streams.stages.gmail.costs import CostTable, CostTableName
 from streams.stages.gmail.credentials import token_file_credentials
@@ -240,6 +241,13 @@ _MISSING_PART = GmailFailure(RetryClass.TRANSIENT, None, 0, "missingPart", "no r
 # deadline, which would turn it into a TIMEOUT and lose the time Gmail gave). One quota window,
 # the limiter's backoff ceiling.
 MAX_IN_PROCESS_WAIT_SECONDS = 60.0
+
+
+def _loop_time(deadline: float | None) -> float | None:
+    """A ``time.monotonic()`` deadline on the running loop's clock (None: no deadline)."""
+    if deadline is None:
+        return None
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
 
 
 def _message_ids(calls: Iterable[PlannedCall]) -> list[str]:
@@ -662,8 +670,13 @@ class GmailClient:
         *,
         need: FetchNeed = FetchNeed.RAW,
         lane: str | None = None,
+        deadline: float | None = None,
     ) -> dict[str, FetchOutcome]:
         """Fetch each distinct id once through the planner, in batches of at most 25.
+
+        ``deadline`` (``time.monotonic()`` seconds): past it, the messages not fetched yet fail
+        with ``StageTimeoutError`` and what was fetched is returned, so a caller's own deadline
+        never throws away the messages already fetched.
 
         Returns one outcome per id: ``FetchedMessage``, ``MessageGone`` (404, deleted) or
         ``MessageFailed``. Throttles and transient failures are retried within
@@ -695,9 +708,15 @@ class GmailClient:
         while pending:
             parts = max(1, min(self.config.batch_size, limiter.concurrency))
             batches = chunk_calls(pending, self.costs, parts, limiter.capacity)
-            rounds = await asyncio.gather(
-                *(self._run_batch(user, b, need, outcomes, share) for b in batches)
-            )
+            try:
+                async with asyncio.timeout_at(_loop_time(deadline)):
+                    rounds = await asyncio.gather(
+                        *(self._run_batch(user, b, need, outcomes, share) for b in batches)
+                    )
+            except TimeoutError:
+                late = StageTimeoutError(f"fetching {len(pending)} calls for {user}: out of time")
+                failed.update(dict.fromkeys(_message_ids(pending), late))
+                break
             pending = [call for r in rounds for call in (*r.follow_ups, *r.blocked)]
             retry: list[PlannedCall] = []
             worst_transient = 0
@@ -759,6 +778,11 @@ class GmailClient:
         outcome = _Round()
         try:
             results = await self._in_pool(self._execute_batch, user, calls)
+        except asyncio.CancelledError:
+            # A deadline gave up on the batch (it still runs out in its thread): free its slots,
+            # or the user's later calls would wait on them for good.
+            limiter.release(len(calls))
+            raise
         except Exception as exc:
             limiter.release(len(calls))
             failure = self._failure(user, exc)

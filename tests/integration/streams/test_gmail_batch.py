@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from googleapiclient.discovery import build_from_document
 from googleapiclient.errors import HttpError
 
 from devstack.gmail_emulator import FaultConfig, QuotaConfig
-from schemas.errors import TransientError
+from schemas.errors import StageTimeoutError, TransientError
 from streams.stages.gmail.client import (
     FetchedMessage,
     FetchNeed,
@@ -150,3 +151,20 @@ async def test_parts_refused_behind_a_throttle_do_not_spend_their_attempts(
     # Each message is drawn a 429 of its own at most three times in a row: 0.2^3 = 0.8 %.
     assert len(failed) <= 2, [o.error for o in failed]
     assert emu.accounting.throttled.get("injected", 0) > len(ids) // 10, "throttles happened"
+
+
+async def test_past_its_deadline_a_fetch_stops_and_frees_the_users_slots(
+    gmail_emulator_factory: EmulatorFactory,
+) -> None:
+    emu = gmail_emulator_factory(faults=FaultConfig(latency_ms=2000, latency_sigma=0.01))
+    emu.add_user(USER, messages=5, seed=7)
+    ids = emu.message_ids(USER)
+    client = GmailClient(GmailClientConfig(api_root=emu.url))
+    try:
+        started = time.monotonic()
+        with pytest.raises(StageTimeoutError, match="out of time"):
+            await client.fetch_messages(USER, ids, need=FetchNeed.RAW, deadline=started + 0.5)
+        assert time.monotonic() - started < 1.9, "the deadline, not the slow batch, ended it"
+        assert client.limiter(USER).in_flight == 0, "the abandoned batch's slots came back"
+    finally:
+        client.close()
