@@ -8,20 +8,15 @@ restart retries the record instead of killing it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
-
 from db import accounts
 from db.accounts import Account, SyncOutcome
-from schemas.errors import TransientError, safe_error_text
+from db.pool import LazyPool
 
 SELECT_SYNC_STATE = """
 SELECT history_id::text, full_synced FROM sync_state WHERE user_id = %(user_id)s
@@ -118,42 +113,15 @@ class AgentState:
     """Postgres access for agents, over a small async connection pool."""
 
     def __init__(self, conninfo: str, *, max_size: int = 4) -> None:
-        self._conninfo = conninfo
-        self._max_size = max_size
-        self._pool: AsyncConnectionPool | None = None
-        self._lock = asyncio.Lock()
-
-    async def _opened(self) -> AsyncConnectionPool:
-        # Opened on first use, inside the worker's event loop (faust owns the loop's start).
-        async with self._lock:
-            if self._pool is None:
-                pool = AsyncConnectionPool(
-                    self._conninfo, min_size=1, max_size=self._max_size, open=False
-                )
-                await pool.open(wait=False)
-                self._pool = pool
-            return self._pool
+        self._pool = LazyPool(conninfo, what="agent state database", max_size=max_size, timeout=30)
 
     async def close(self) -> None:
         """Close the pool."""
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        pool = await self._opened()
-        try:
-            async with pool.connection(timeout=30) as conn:
-                yield conn
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise TransientError(
-                f"agent state database unavailable: {safe_error_text(exc)}"
-            ) from exc
+        await self._pool.close()
 
     async def account(self, user_id: str) -> Account | None:
         """Return the user's account, or None if the mailbox is not registered."""
-        async with self._connection() as conn:
+        async with self._pool.connection() as conn:
             found = await accounts.find_accounts(conn, [user_id])
         return found[0] if found else None
 
@@ -161,7 +129,7 @@ class AgentState:
         self, user_id: str, outcome: SyncOutcome, at: datetime, error: str | None = None
     ) -> None:
         """Note on the user's account how its last sync ended."""
-        async with self._connection() as conn:
+        async with self._pool.connection() as conn:
             await accounts.record_sync_outcome(conn, user_id, outcome, at, error)
 
     async def revoke_account(self, user_id: str) -> None:
@@ -169,13 +137,13 @@ class AgentState:
 
         A no-op for an account that is not registered.
         """
-        async with self._connection() as conn:
+        async with self._pool.connection() as conn:
             with contextlib.suppress(accounts.AccountNotFoundError):
                 await accounts.set_state(conn, user_id, accounts.AccountState.REVOKED)
 
     async def sync_checkpoint(self, user_id: str) -> SyncCheckpoint | None:
         """Return the user's checkpoint, or None before the first sync."""
-        async with self._connection() as conn:
+        async with self._pool.connection() as conn:
             cursor = await conn.execute(SELECT_SYNC_STATE, {"user_id": user_id})
             row = await cursor.fetchone()
         return SyncCheckpoint(row[0], row[1]) if row else None
@@ -185,32 +153,32 @@ class AgentState:
     ) -> None:
         """Record that everything up to ``history_id`` was emitted; never moves backwards."""
         params = {"user_id": user_id, "history_id": history_id, "sync_id": sync_id, "full": full}
-        async with self._connection() as conn:
+        async with self._pool.connection() as conn:
             await conn.execute(UPSERT_SYNC_STATE, params)
 
     async def known_message_ids(self, user_id: str, ids: list[str]) -> set[str]:
         """Return which of ``ids`` a sync already emitted for this user."""
         if not ids:
             return set()
-        async with self._connection() as conn:
+        async with self._pool.connection() as conn:
             cursor = await conn.execute(SELECT_KNOWN_IDS, {"user_id": user_id, "ids": ids})
             return {row[0] for row in await cursor.fetchall()}
 
     async def remember_message_ids(self, user_id: str, sync_id: str, ids: Iterable[str]) -> None:
         """Record ids as emitted (idempotent)."""
         params = {"user_id": user_id, "sync_id": sync_id, "ids": list(ids)}
-        async with self._connection() as conn:
+        async with self._pool.connection() as conn:
             await conn.execute(INSERT_DISCOVERED, params)
 
     async def note_listing(self, user_id: str, sync_id: str, listing_phase: str) -> None:
         """Mark a full listing of the user as in progress (refreshed at every page)."""
         params = {"user_id": user_id, "sync_id": sync_id, "listing_phase": listing_phase}
-        async with self._connection() as conn:
+        async with self._pool.connection() as conn:
             await conn.execute(UPSERT_LISTING, params)
 
     async def listing_in_progress(self, user_id: str, idle_seconds: float) -> str | None:
         """Return the sync id of a listing that moved within ``idle_seconds``, if any."""
-        async with self._connection() as conn:
+        async with self._pool.connection() as conn:
             cursor = await conn.execute(SELECT_LISTING, {"user_id": user_id, "idle": idle_seconds})
             row = await cursor.fetchone()
         return str(row[0]) if row else None
@@ -218,33 +186,33 @@ class AgentState:
     async def end_listing(self, user_id: str, sync_id: str) -> None:
         """Forget a finished listing and the ids its reconcile pass collected."""
         params = {"user_id": user_id, "sync_id": sync_id}
-        async with self._connection() as conn:
+        async with self._pool.connection() as conn:
             await conn.execute(END_LISTING, params)
             await conn.execute(FORGET_LISTED, params)
 
     async def note_listed_ids(self, user_id: str, sync_id: str, ids: Iterable[str]) -> None:
         """Record ids a reconcile pass found in Gmail (idempotent)."""
         params = {"user_id": user_id, "sync_id": sync_id, "ids": list(ids)}
-        async with self._connection() as conn:
+        async with self._pool.connection() as conn:
             await conn.execute(INSERT_LISTED, params)
 
     async def unlisted_known_ids(self, user_id: str, sync_id: str) -> list[str]:
         """Ids emitted before that the reconcile pass ``sync_id`` did not find in Gmail."""
         params = {"user_id": user_id, "sync_id": sync_id}
-        async with self._connection() as conn:
+        async with self._pool.connection() as conn:
             cursor = await conn.execute(SELECT_UNLISTED, params)
             return [row[0] for row in await cursor.fetchall()]
 
     async def forget_message_ids(self, user_id: str, ids: Iterable[str]) -> None:
         """Drop ids of messages gone from Gmail, so no later reconciliation reports them again."""
         params = {"user_id": user_id, "ids": list(ids)}
-        async with self._connection() as conn:
+        async with self._pool.connection() as conn:
             await conn.execute(FORGET_DISCOVERED, params)
 
     async def update_insights(self, user_id: str, fold: InsightFold) -> None:
         """Apply ``fold`` to the user's aggregate under a row lock (no lost update between the
         live agent, the retry relay and other replicas), counting the change."""
-        async with self._connection() as conn, conn.transaction():
+        async with self._pool.connection() as conn, conn.transaction():
             await conn.execute(ENSURE_INSIGHTS_ROW, {"user_id": user_id})
             cursor = await conn.execute(LOCK_INSIGHTS, {"user_id": user_id})
             row = await cursor.fetchone()
@@ -262,7 +230,7 @@ class AgentState:
         returned (Kafka acknowledged); if it raises nothing is marked and the next call tries
         again. ``SKIP LOCKED`` keeps two workers from emitting the same aggregate.
         """
-        async with self._connection() as conn, conn.transaction():
+        async with self._pool.connection() as conn, conn.transaction():
             params = {"now": now, "interval": interval_seconds, "limit": limit}
             rows = await (await conn.execute(PENDING_INSIGHTS, params)).fetchall()
             ready = [(user, state, version) for user, state, version in rows if state]

@@ -37,16 +37,15 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 import aiohttp
-import psycopg
 from aiohttp import web
 from aiokafka.errors import KafkaError
 from google.auth import exceptions as google_auth_exceptions
 from google.auth import transport
 from google.oauth2 import id_token
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from db import accounts
 from db.accounts import Account, AccountState
+from db.pool import LazyPool
 from schemas.errors import (
     InboxflowError,
     PermanentError,
@@ -398,46 +397,27 @@ class PostgresAccounts:
     """
 
     def __init__(self, conninfo: str, *, max_size: int = 4, timeout: float = 5.0) -> None:
-        self._conninfo = conninfo
-        self._max_size = max_size
-        self._timeout = timeout
-        self._pool: AsyncConnectionPool | None = None
-        self._lock = asyncio.Lock()
+        self._pool = LazyPool(
+            conninfo,
+            what="accounts database",
+            max_size=max_size,
+            timeout=timeout,
+            autocommit=True,
+        )
 
     async def close(self) -> None:
         """Close the pool."""
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        async with self._lock:
-            if self._pool is None:
-                pool = AsyncConnectionPool(
-                    self._conninfo,
-                    min_size=1,
-                    max_size=self._max_size,
-                    open=False,
-                    kwargs={"autocommit": True},
-                )
-                await pool.open(wait=False)
-                self._pool = pool
-        try:
-            async with self._pool.connection(timeout=self._timeout) as conn:
-                yield conn
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise TransientError(f"accounts database unavailable: {safe_error_text(exc)}") from exc
+        await self._pool.close()
 
     async def account(self, user_id: str) -> Account | None:
         """Return the account of ``user_id`` (any state), None if it is not registered."""
-        async with self._connection() as conn:
+        async with self._pool.connection() as conn:
             found = await accounts.find_accounts(conn, [user_id])
         return found[0] if found else None
 
     async def mark_sync_requested(self, user_id: str, at: datetime) -> None:
         """Set the account's ``last_sync_requested_at`` (never backwards)."""
-        async with self._connection() as conn:
+        async with self._pool.connection() as conn:
             await accounts.mark_sync_requested(conn, [user_id], at)
 
 

@@ -18,16 +18,11 @@ embedded again rather than the messages failed. This module never reads settings
 
 from __future__ import annotations
 
-import asyncio
 import struct
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
-import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
-
-from schemas.errors import TransientError, safe_error_text
+from db.pool import LazyPool
 
 __all__ = [
     "ChunkVectorStore",
@@ -105,10 +100,7 @@ class PostgresChunkVectors:
     """The ``chunk_vectors`` table, over a small connection pool opened on first use."""
 
     def __init__(self, conninfo: str, *, max_size: int = 2) -> None:
-        self._conninfo = conninfo
-        self._max_size = max_size
-        self._pool: AsyncConnectionPool | None = None
-        self._lock = asyncio.Lock()
+        self._pool = LazyPool(conninfo, what="chunk vector store", max_size=max_size, timeout=10)
 
     async def lookup(
         self, user_id: str, model: str, hashes: Sequence[bytes]
@@ -116,7 +108,7 @@ class PostgresChunkVectors:
         if not hashes:
             return {}
         params = {"user_id": user_id, "model": model, "hashes": list(hashes)}
-        async with self._connection() as conn, conn.cursor() as cursor:
+        async with self._pool.connection() as conn, conn.cursor() as cursor:
             await cursor.execute(SELECT_VECTORS, params)
             rows = await cursor.fetchall()
         return {bytes(text_hash): unpack_vector(bytes(vector)) for text_hash, vector in rows}
@@ -130,31 +122,9 @@ class PostgresChunkVectors:
             "hashes": list(vectors),
             "vectors": [pack_vector(vector) for vector in vectors.values()],
         }
-        async with self._connection() as conn:
+        async with self._pool.connection() as conn:
             await conn.execute(INSERT_VECTORS, params)
 
     async def close(self) -> None:
         """Close the pool."""
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        pool = await self._opened()
-        try:
-            async with pool.connection(timeout=10) as conn:
-                yield conn
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise TransientError(f"chunk vector store unavailable: {safe_error_text(exc)}") from exc
-
-    async def _opened(self) -> AsyncConnectionPool:
-        # Opened inside the worker's event loop, on first use (faust owns the loop's start).
-        async with self._lock:
-            if self._pool is None:
-                pool = AsyncConnectionPool(
-                    self._conninfo, min_size=1, max_size=self._max_size, open=False
-                )
-                await pool.open(wait=False)
-                self._pool = pool
-            return self._pool
+        await self._pool.close()
