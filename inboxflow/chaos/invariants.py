@@ -35,10 +35,11 @@ from email.utils import getaddresses
 from typing import Any
 
 import psycopg
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from ops.lag import group_lag, total_lag
+from ops.offsets import topic_partitions
 from schemas.errors import UndecodableRecordError
 from schemas.models import EmailEmbedded, EmailNormalized, GmailMessageFetched, JobStateChanged
 from schemas.serde import Serde
@@ -399,23 +400,16 @@ def _origin(record: ConsumerRecord[bytes, bytes]) -> str:
 async def end_offsets(kafka: KafkaClients, topics: Iterable[str]) -> dict[TopicPartition, int]:
     """Return the end offset of every partition of ``topics``."""
     async with kafka.started(kafka.consumer()) as consumer:
-        partitions = []
-        for topic in dict.fromkeys(topics):
-            found = consumer.partitions_for_topic(topic)
-            if found is None:
-                await consumer._client.force_metadata_update()
-                found = consumer.partitions_for_topic(topic) or set()
-            partitions += [TopicPartition(topic, p) for p in found]
-        return dict(await consumer.end_offsets(partitions)) if partitions else {}
+        return await _ends(kafka, consumer, topics)
 
 
 async def read_topic(kafka: KafkaClients, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
     """Read every record of ``topic`` from its start up to its end offsets at the call."""
-    ends = {tp: end for tp, end in (await end_offsets(kafka, [topic])).items() if end > 0}
     records: list[ConsumerRecord[bytes, bytes]] = []
-    if not ends:
-        return records
     async with kafka.started(kafka.consumer()) as consumer:
+        ends = {tp: end for tp, end in (await _ends(kafka, consumer, [topic])).items() if end}
+        if not ends:
+            return records
         consumer.assign(list(ends))
         await consumer.seek_to_beginning(*ends)
         while any([await consumer.position(tp) < end for tp, end in ends.items()]):
@@ -423,3 +417,11 @@ async def read_topic(kafka: KafkaClients, topic: str) -> list[ConsumerRecord[byt
             for tp, part in batch.items():
                 records.extend(r for r in part if r.offset < ends[tp])
     return records
+
+
+async def _ends(
+    kafka: KafkaClients, consumer: AIOKafkaConsumer, topics: Iterable[str]
+) -> dict[TopicPartition, int]:
+    async with kafka.started(kafka.admin()) as admin:
+        partitions = await topic_partitions(admin, dict.fromkeys(topics))
+    return dict(await consumer.end_offsets(partitions)) if partitions else {}
