@@ -273,7 +273,8 @@ class _Campaign:
         self._fill_mailboxes()
         await ensure_topics(self.kafka, self.catalogue.topics)
         logs = Path(tempfile.mkdtemp(prefix=f"inboxflow-{self.namespace}-"))
-        workers = start_all(self.worker_env(), log_dir=logs)
+        env = self.worker_env()
+        workers = start_all(env, log_dir=logs)
         broker, postgres = self.stack.kafka, self.stack.postgres
         if broker is None or postgres is None:
             raise RuntimeError("the campaign's stack has no broker or database of its own")
@@ -283,7 +284,7 @@ class _Campaign:
             workers,
             self.gmail,
             self.embeddings,
-            self.worker_env(),
+            env,
             logs,
         )
         injector = Injector(targets, echo=self.echo)
@@ -293,7 +294,8 @@ class _Campaign:
             await asyncio.gather(injector.run(plan), self._deliver_during(self.config.window))
             await self._after_faults()
             settle_started = time.monotonic()
-            checker = self._checker()
+            expected = self._expectations()
+            checker = self._checker(expected)
             settled = await self._settle(checker, injector)
             settle_seconds = time.monotonic() - settle_started
             findings = await checker.check()
@@ -304,7 +306,9 @@ class _Campaign:
         kept = self.config.keep_logs or bool(findings.violations or injector.log.exits)
         if not kept:
             shutil.rmtree(logs, ignore_errors=True)
-        return self._report(plan, injector, findings, settled, settle_seconds, started, logs, kept)
+        return self._report(
+            plan, injector, expected, findings, settled, settle_seconds, started, logs, kept
+        )
 
     def _fill_mailboxes(self) -> None:
         for index, user in enumerate(self.users):
@@ -382,13 +386,13 @@ class _Campaign:
                 raw.update({(user, m.id): m.raw for m in listed})
         return Expectations(messages, raw, self.bombs, tuple(self.poison))
 
-    def _checker(self) -> Checker:
+    def _checker(self, expected: Expectations) -> Checker:
         return Checker(
             self.stack.database_url,
             self.kafka,
             self.catalogue,
             serde_from(self.settings),
-            self._expectations(),
+            expected,
         )
 
     async def _settle(self, checker: Checker, injector: Injector) -> bool:
@@ -405,6 +409,7 @@ class _Campaign:
         self,
         plan: list[PlannedFault],
         injector: Injector,
+        expected: Expectations,
         findings: Findings,
         settled: bool,
         settle_seconds: float,
@@ -412,7 +417,6 @@ class _Campaign:
         logs: Path,
         kept: bool,
     ) -> CampaignReport:
-        expected = self._expectations()
         if not settled:
             findings.violations.insert(0, "settled: not within the settle timeout")
         return CampaignReport(
