@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from inboxflow.bench.pipeline import fetched_events as pipeline_events
+from inboxflow.bench.pipeline import fetched_events
 from schemas.models import GmailMessageFetched
 from streams.runtime.cpu_pool import CpuPool
 from streams.stages.mime import normalized_event
@@ -65,11 +65,6 @@ class NormalizeBenchResult:
         return asdict(self)
 
 
-def fetched_events(count: int, seed: int) -> list[GmailMessageFetched]:
-    """Return ``count`` generated messages of ``seed`` as GmailMessageFetched events."""
-    return pipeline_events(count, seed=seed)
-
-
 def run_normalize_bench(
     messages: int, seed: int, processes: tuple[int, ...] = (1, 2)
 ) -> NormalizeBenchResult:
@@ -82,8 +77,8 @@ def run_normalize_bench(
     """
     if messages < 1:
         raise ValueError(f"the bench needs at least one message, got {messages}")
-    timed = fetched_events(messages, seed)
-    warmup = fetched_events(min(messages, _WARMUP_MESSAGES), seed + 1)
+    timed = fetched_events(messages, seed=seed)
+    warmup = fetched_events(min(messages, _WARMUP_MESSAGES), seed=seed + 1)
     single = _single_core_rate(timed, warmup)
     rates = tuple(asyncio.run(_pool_rate(count, timed, warmup)) for count in processes)
     by_size = {rate.processes: rate.messages_per_second for rate in rates}
