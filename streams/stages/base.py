@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
@@ -21,14 +22,31 @@ def utc_now(clock: Callable[[], float]) -> datetime:
 
 @dataclass(frozen=True)
 class Decoder(Generic[E]):
-    """Decodes one event type from records, one record at a time."""
+    """Decodes one event type from records, one record at a time.
+
+    The runner asks a stage for a record's job (``job_of``) before it processes the batch, and
+    both need the decoded event: an event is remembered for as long as its Record object lives
+    (the runner hands both calls the same objects), so each record is decoded once and nothing
+    is held past its batch.
+    """
 
     serde: Serde
     model: type[E]
+    _memo: dict[int, tuple[weakref.ref[Record], E]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def decode(self, record: Record) -> E:
         """Return the record's event; raises UndecodableRecordError (PERMANENT) on bad bytes."""
-        return self.serde.decode(record.value, self.model)
+        memo = self._memo
+        key = id(record)
+        seen = memo.get(key)
+        if seen is not None and seen[0]() is record:
+            return seen[1]
+        event = self.serde.decode(record.value, self.model)
+        # The entry goes when the record does (before its id can be reused).
+        memo[key] = (weakref.ref(record, lambda _: memo.pop(key, None)), event)
+        return event
 
     def decode_each(self, records: Sequence[Record]) -> list[E | Exception]:
         """Decode every record; a bad one yields its exception instead of failing the batch."""
