@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
 from fastavro import schemaless_reader, schemaless_writer
@@ -44,15 +45,23 @@ class Serde(Protocol):
         """Return the value bytes of ``event``."""
         ...
 
+    def encode_fields(self, model: type[Event], fields: Mapping[str, Any]) -> bytes:
+        """Return the value bytes of a ``model`` event given as its fields, unvalidated.
+
+        For the runtime's own hot records (job states): the Avro writer still refuses a field
+        that does not fit the schema (``PermanentError``), but nothing checks pydantic's rules.
+        """
+        ...
+
     def decode(self, data: bytes, model: type[T]) -> T:
         """Return the ``model`` event in ``data``; raise ``UndecodableRecordError`` if not."""
         ...
 
 
-def _write_body(known: KnownSchema, event: Event) -> bytes:
+def _write_body(known: KnownSchema, fields: Mapping[str, Any]) -> bytes:
     buffer = io.BytesIO()
     try:
-        schemaless_writer(buffer, known.parsed, event.model_dump(), strict=True)
+        schemaless_writer(buffer, known.parsed, fields, strict=True)
     except (ValueError, TypeError, KeyError) as exc:
         # A model that validated but does not fit its schema is a bug in models.py / the .avsc.
         # fastavro's text quotes the value; only the field it names (the schema's) is repeated.
@@ -120,8 +129,12 @@ class SingleObjectSerde:
 
     def encode(self, event: Event) -> bytes:
         """Return ``C3 01`` + fingerprint + Avro body of ``event`` (current schema)."""
-        known = self._store.current(type(event))
-        return SOE_MAGIC + known.fingerprint + _write_body(known, event)
+        return self.encode_fields(type(event), event.model_dump())
+
+    def encode_fields(self, model: type[Event], fields: Mapping[str, Any]) -> bytes:
+        """Return ``C3 01`` + fingerprint + Avro body of a ``model`` event given as fields."""
+        known = self._store.current(model)
+        return SOE_MAGIC + known.fingerprint + _write_body(known, fields)
 
     def decode(self, data: bytes, model: type[T]) -> T:
         """Return the ``model`` in single-object-encoded ``data``, resolved to the current schema.
@@ -205,10 +218,18 @@ class RegistrySerde:
             TransientError: the registry cannot be reached (retry later).
             PermanentError: the registry refused the schema (e.g. incompatible).
         """
-        model = type(event)
+        return self.encode_fields(type(event), event.model_dump())
+
+    def encode_fields(self, model: type[Event], fields: Mapping[str, Any]) -> bytes:
+        """Return ``00`` + 4-byte schema id + Avro body of a ``model`` event given as fields.
+
+        Raises:
+            TransientError: the registry cannot be reached (retry later).
+            PermanentError: the registry refused the schema (e.g. incompatible).
+        """
         schema_id = self._schema_id(model)
         header = CONFLUENT_MAGIC + schema_id.to_bytes(4, "big")
-        return header + _write_body(self._store.current(model), event)
+        return header + _write_body(self._store.current(model), fields)
 
     def decode(self, data: bytes, model: type[T]) -> T:
         """Return the ``model`` in a Confluent or single-object frame.

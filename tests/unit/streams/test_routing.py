@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -189,3 +190,41 @@ def test_job_state_event_carries_the_failure() -> None:
     assert event.last_error_class is not None
     assert event.last_error_class.value == "timeout"
     assert event.version == job_version(2, JobStatus.RETRYING)
+
+
+@given(
+    kind=st.sampled_from([k for k in JobKind if k is not JobKind.UNKNOWN]),
+    status=st.sampled_from([s for s in JobStatus if s is not JobStatus.UNKNOWN]),
+    attempt=st.integers(min_value=0, max_value=2**40),
+    now=st.floats(min_value=0, max_value=4_000_000_000, allow_nan=False),
+    failed=st.sampled_from([None, *RetryClass]),
+    batch_id=st.one_of(st.none(), st.text(max_size=8)),
+)
+def test_job_state_bytes_are_those_of_the_validated_model(
+    kind: JobKind,
+    status: JobStatus,
+    attempt: int,
+    now: float,
+    failed: RetryClass | None,
+    batch_id: str | None,
+) -> None:
+    # job_state skips pydantic for speed; what it writes must be what the model would.
+    serde = serde_for(None)
+    ref = JobRef("u@example.org", "m1", batch_id=batch_id)
+    failure = Failure(failed, "why") if failed else None
+    out = job_state("t", kind, ref, status, attempt=attempt, now=now, serde=serde, failure=failure)
+    model = JobStateChanged(
+        user_id=ref.user_id,
+        job_id=f"{kind.value}:u@example.org:m1",
+        kind=kind,
+        status=status,
+        attempts=min(attempt, 2**31 - 1),
+        batch_id=batch_id,
+        subject_id="m1",
+        last_error="why" if failed else None,
+        last_error_class=failed.value if failed else None,
+        version=job_version(attempt, status),
+        occurred_at=datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=int(now * 1000)),
+    )
+    assert out.value == serde.encode(model)
+    assert decode(out.value, JobStateChanged) == model
