@@ -157,7 +157,7 @@ LOCAL_EMBED_SUB_BATCH = 8
 API_EMBED_SUB_BATCH = 64
 API_EMBED_CONCURRENCY = 4
 # What CPU workers run (parsing, the local model), imported before a worker takes a call.
-CPU_POOL_PRELOAD = ("streams.stages.mime", "streams.stages.embedding")
+CPU_POOL_PRELOAD = ("streams.stages.mime", "streams.stages.embedding_model")
 
 
 def embedding_provider_from(

@@ -37,18 +37,18 @@ from __future__ import annotations
 import json
 import random
 import re
+import sys
 import sysconfig
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import PurePath
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, cast
 
-import aiohttp
-import psycopg
 import pydantic
-from aiokafka.errors import KafkaError
-from fastavro.validation import ValidationError as AvroValidationError
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 class RetryClass(StrEnum):
@@ -252,9 +252,23 @@ def redact_secrets(text: str) -> str:
     return text
 
 
+def _loaded(module: str, *names: str) -> tuple[type[BaseException], ...]:
+    """The named exception classes of ``module`` if anything imported it, else none.
+
+    An exception of a library nobody loaded cannot reach us, so classifying needs no import of
+    its own: the CPU pool's workers, which only parse mail, then load no HTTP client, database
+    driver or Kafka client (tens of MiB each of them would hold for nothing).
+    """
+    loaded = sys.modules.get(module)
+    if loaded is None:
+        return ()
+    return tuple(getattr(loaded, name) for name in names)
+
+
 def _keeps_message(exc: BaseException) -> bool:
     # Ours, and libraries whose messages describe a connection or a protocol state, not data.
-    return isinstance(exc, InboxflowError | KafkaError | TimeoutError | aiohttp.ClientError)
+    kept = _loaded("aiokafka.errors", "KafkaError") + _loaded("aiohttp", "ClientError")
+    return isinstance(exc, (InboxflowError, TimeoutError, *kept))
 
 
 def safe_error_message(exc: BaseException) -> str:
@@ -281,10 +295,11 @@ def safe_error_message(exc: BaseException) -> str:
         return redact_secrets(f"[Errno {exc.errno}] {exc.strerror}")
     if isinstance(exc, pydantic.ValidationError):
         return _pydantic_structure(exc)
-    if isinstance(exc, psycopg.Error):
-        return _psycopg_structure(exc)
-    if isinstance(exc, AvroValidationError):
-        fields = sorted({str(getattr(e, "field", "")) for e in exc.errors} - {""})
+    if isinstance(exc, _loaded("psycopg", "Error")):
+        return _psycopg_structure(cast("psycopg.Error", exc))
+    if isinstance(exc, _loaded("fastavro.validation", "ValidationError")):
+        errors = getattr(exc, "errors", ())
+        fields = sorted({str(getattr(e, "field", "")) for e in errors} - {""})
         return f"fields {', '.join(fields)}" if fields else ""
     if isinstance(exc, json.JSONDecodeError):
         return f"{exc.msg}: line {exc.lineno} column {exc.colno} (char {exc.pos})"
@@ -384,11 +399,16 @@ def classify(exc: BaseException) -> Failure:
     message = safe_error_text(exc)[:_MAX_MESSAGE]
     if isinstance(exc, InboxflowError):
         return Failure(exc.retry_class, message, exc.retry_after)
-    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(exc, (TimeoutError, *_loaded("aiohttp", "ServerTimeoutError"))):
         return Failure(RetryClass.TIMEOUT, message)
-    if isinstance(exc, psycopg.OperationalError | aiohttp.ClientConnectionError | ConnectionError):
+    unreachable = _loaded("psycopg", "OperationalError") + _loaded(
+        "aiohttp", "ClientConnectionError"
+    )
+    if isinstance(exc, (ConnectionError, *unreachable)):
         return Failure(RetryClass.TRANSIENT, message)
-    if isinstance(exc, KafkaError) and exc.retriable:
+    if isinstance(exc, _loaded("aiokafka.errors", "KafkaError")) and getattr(
+        exc, "retriable", False
+    ):
         return Failure(RetryClass.TRANSIENT, message)
     return Failure(RetryClass.PERMANENT, message)
 

