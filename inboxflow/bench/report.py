@@ -3,9 +3,12 @@ JSON file and regenerate ``docs/benchmarks.md`` from it.
 
 The registry names each bench, the module that holds it, the command that runs it alone at each
 scale and a time budget for the small scale (the whole small run should take about ten minutes
-on 2 cores). A bench whose module is absent is listed as "not available" and skipped; a bench
-that raises is listed as failed with its error and the others still run. Benches print figures;
-none fails on a speed.
+on 2 cores). A bench that raises is listed as failed with its error and the others still run.
+Benches print figures; none fails on a speed.
+
+``--only NAME`` runs some benches and keeps the other figures of the same scale's JSON file, and
+the page shows both scales' files when both exist (the large scale is run a bench at a time:
+a million events through the memory bench take an hour). Each outcome carries its own date.
 Rendering the markdown is pure (``render_markdown``) so it is tested without Kafka.
 """
 
@@ -13,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import importlib.util
 import json
 import os
 import platform
@@ -37,16 +39,10 @@ class BenchEntry:
     """One bench of the registry."""
 
     name: str
-    module: str  # the bench is "not available" when this module is absent
+    module: str  # holds the bench; its docstring's first paragraph describes it
     commands: Mapping[Scale, str]  # the command that runs it alone, per scale
     budget_seconds: float  # at the small scale
     runner: Runner  # runs the bench at a scale and returns its figures
-
-    def missing(self) -> str:
-        """Why the bench cannot run here, or "" when it can."""
-        if importlib.util.find_spec(self.module) is None:
-            return f"`{self.module}` is not in this checkout"
-        return ""
 
     def about(self) -> str:
         """The first paragraph of the bench module's docstring, on one line."""
@@ -63,13 +59,14 @@ class BenchOutcome:
     """What one bench gave: figures, or why there are none."""
 
     name: str
-    status: Literal["ok", "not available", "failed"]
+    status: Literal["ok", "failed"]
     command: str
     about: str = ""  # the first paragraph of the bench module's docstring
     seconds: float = 0.0
     budget_seconds: float = 0.0
     figures: Mapping[str, Any] = field(default_factory=dict)
     error: str = ""
+    date: str = ""  # when it ran
 
 
 @dataclass(frozen=True)
@@ -85,6 +82,21 @@ class BenchReport:
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BenchReport:
+        """Return the report a ``to_dict`` gave (a JSON file of an earlier run)."""
+        outcomes = tuple(BenchOutcome(**outcome) for outcome in data["outcomes"])
+        fields = {key: value for key, value in data.items() if key != "outcomes"}
+        return cls(**fields, outcomes=outcomes)
+
+    def merged_over(self, earlier: BenchReport) -> BenchReport:
+        """This report, plus the benches of ``earlier`` (same scale) it did not run again."""
+        ran = {outcome.name for outcome in self.outcomes}
+        kept = [outcome for outcome in earlier.outcomes if outcome.name not in ran]
+        order = {entry.name: index for index, entry in enumerate(REGISTRY)}
+        outcomes = sorted([*kept, *self.outcomes], key=lambda o: order.get(o.name, len(order)))
+        return BenchReport(self.scale, self.command, self.date, self.machine, tuple(outcomes))
 
 
 # --- the registry ------------------------------------------------------------------------------
@@ -237,17 +249,20 @@ REGISTRY: tuple[BenchEntry, ...] = (
 def run_entry(entry: BenchEntry, settings: Settings, scale: Scale) -> BenchOutcome:
     """Run one bench; an absent module or a raised error becomes its outcome, not a crash."""
     command = entry.commands[scale]
-    if missing := entry.missing():
-        return BenchOutcome(entry.name, "not available", command, error=missing)
     about, budget, started = entry.about(), entry.budget_seconds, time.monotonic()
+    date = _now()
     try:
         figures = dict(entry.run(settings, scale))
     except Exception as exc:  # noqa: BLE001 - one bench failing must not lose the others
         seconds = round(time.monotonic() - started, 1)
         error = f"{type(exc).__name__}: {exc}"[:500]
-        return BenchOutcome(entry.name, "failed", command, about, seconds, budget, {}, error)
+        return BenchOutcome(entry.name, "failed", command, about, seconds, budget, {}, error, date)
     seconds = round(time.monotonic() - started, 1)
-    return BenchOutcome(entry.name, "ok", command, about, seconds, budget, figures)
+    return BenchOutcome(entry.name, "ok", command, about, seconds, budget, figures, date=date)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def run_all(
@@ -269,7 +284,7 @@ def run_all(
     return BenchReport(
         scale=scale,
         command=command,
-        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        date=_now(),
         machine=describe_machine(kafka_version),
         outcomes=tuple(outcomes),
     )
@@ -309,41 +324,66 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def write_report(report: BenchReport, out_dir: Path, markdown: Path) -> Path:
-    """Write the report's JSON into ``out_dir`` and regenerate ``markdown``; return the JSON."""
+    """Write the report's JSON into ``out_dir`` and regenerate ``markdown``; return the JSON.
+
+    Figures of benches this run left out stay from the scale's earlier JSON file, and the page
+    shows the other scale's file too when there is one.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"benchmarks-{report.scale}.json"
+    earlier = _read_report(path)
+    if earlier is not None:
+        report = report.merged_over(earlier)
     path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    small = report if report.scale == "small" else _read_report(out_dir / "benchmarks-small.json")
+    large = report if report.scale == "large" else _read_report(out_dir / "benchmarks-large.json")
     markdown.parent.mkdir(parents=True, exist_ok=True)
-    markdown.write_text(render_markdown(report))
+    markdown.write_text(render_markdown(*[r for r in (small, large) if r is not None]))
     return path
+
+
+def _read_report(path: Path) -> BenchReport | None:
+    try:
+        return BenchReport.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):  # absent, or from an older layout
+        return None
 
 
 # --- markdown (pure) -----------------------------------------------------------------------------
 
 
-def render_markdown(report: BenchReport) -> str:
-    """Return ``docs/benchmarks.md`` for ``report``: machine, date, command, a table per bench."""
+def render_markdown(*reports: BenchReport) -> str:
+    """Return ``docs/benchmarks.md``: machine, date, command and a table per bench, per report.
+
+    The first report's machine heads the page; a report of another scale follows as a part of
+    its own.
+    """
+    first = reports[0]
     lines = [
         "# Benchmarks",
         "",
-        f"Generated on {report.date} by `{report.command}` (scale `{report.scale}`); run it "
-        "again to regenerate this page. Benchmarks print figures and never fail on a speed.",
+        f"Generated on {first.date} by `{first.command}`; run it again to regenerate this page "
+        "(`--only NAME` reruns some benches and keeps the others' figures, each with its date). "
+        "Benchmarks print figures and never fail on a speed.",
         "",
         "## Machine",
         "",
-        *_table(["what", "value"], [[key, value] for key, value in report.machine.items()]),
+        *_table(["what", "value"], [[key, value] for key, value in first.machine.items()]),
     ]
-    for outcome in report.outcomes:
-        lines += ["", f"## {outcome.name}", "", *_outcome_lines(outcome)]
+    for report in reports:
+        lines += ["", f"# Scale `{report.scale}`"]
+        for outcome in report.outcomes:
+            lines += ["", f"## {outcome.name}", "", *_outcome_lines(outcome, report.scale)]
     return "\n".join(lines) + "\n"
 
 
-def _outcome_lines(outcome: BenchOutcome) -> list[str]:
-    if outcome.status == "not available":
-        return [f"Not available: {outcome.error}."]
-    timing = f"Took {outcome.seconds:.0f} s (small-scale budget {outcome.budget_seconds:.0f} s)."
+def _outcome_lines(outcome: BenchOutcome, scale: Scale) -> list[str]:
+    when = f"Measured {outcome.date}. " if outcome.date else ""
+    timing = f"{when}Took {outcome.seconds:.0f} s"
+    if scale == "small":
+        timing += f" (small-scale budget {outcome.budget_seconds:.0f} s)"
     head = [outcome.about, ""] if outcome.about else []
-    head += [f"Alone: `{outcome.command}`. {timing}", ""]
+    head += [f"Alone: `{outcome.command}`. {timing}.", ""]
     if outcome.status == "failed":
         return [*head, f"Failed: `{outcome.error}`"]
     scalars, rows = _split(outcome.figures)

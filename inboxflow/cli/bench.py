@@ -19,11 +19,14 @@ from pydantic import SecretStr
 
 from inboxflow.bench.gmail import run_bench
 from inboxflow.bench.pipeline import run_pipeline_bench
+from inboxflow.bench.report import REGISTRY
 from inboxflow.bench.sink import run_sink_bench
 from inboxflow.settings import Settings
 from inboxflow.wiring import kafka_from, serde_from
 from sinks.job_state import WriteMethod
 from streams.stages.gmail.planner import FetchNeed
+
+BENCH_NAMES = tuple(entry.name for entry in REGISTRY)
 
 
 @click.group()
@@ -350,21 +353,46 @@ def latency_bench(settings: Settings, burst: int, steady_seconds: float, as_json
     "--markdown", type=click.Path(path_type=Path), default=Path("docs/benchmarks.md"),
     show_default=True, help="Page regenerated from the figures.",
 )  # fmt: skip
+@click.option(
+    "--only", multiple=True, type=click.Choice(BENCH_NAMES),
+    help="Run only these benches (repeatable); the others keep their figures in the JSON file.",
+)  # fmt: skip
 @click.pass_obj
 def all_benches(
-    settings: Settings, scale: Literal["small", "large"], out_dir: Path, markdown: Path
+    settings: Settings,
+    scale: Literal["small", "large"],
+    out_dir: Path,
+    markdown: Path,
+    only: tuple[str, ...],
 ) -> None:
     """Run every bench, write DIR/benchmarks-<scale>.json and regenerate docs/benchmarks.md."""
     from devstack.kafka import KAFKA_VERSION
     from inboxflow.bench.report import run_all, write_report
 
+    entries = [entry for entry in REGISTRY if not only or entry.name in only]
     command = f"inboxflow bench all --scale {scale} --out {out_dir}"
-    external = "kafka_bootstrap_servers" in settings.model_fields_set
-    kafka = "external" if external else f"{KAFKA_VERSION} (local, KRaft, one node)"
+    command += "".join(f" --only {entry.name}" for entry in entries if only)
+    kafka = f"{KAFKA_VERSION} (local, KRaft, one node)"
+    if "kafka_bootstrap_servers" in settings.model_fields_set and not _is_dev_stack(settings):
+        kafka = f"external ({settings.kafka_bootstrap_servers})"
     with _on_a_stack(settings) as ready:
-        report = run_all(ready, scale, command=command, kafka_version=kafka, announce=click.echo)
+        report = run_all(
+            ready, scale, command=command, kafka_version=kafka, entries=entries,
+            announce=click.echo,
+        )  # fmt: skip
     path = write_report(report, out_dir, markdown)
     click.echo(f"figures: {path}; page: {markdown}")
+
+
+def _is_dev_stack(settings: Settings) -> bool:
+    """Whether the configured Kafka is the one ``inboxflow dev up`` started (same version)."""
+    from devstack.stack import status_from_state
+    from inboxflow.cli.dev import state_file
+
+    state = status_from_state(state_file(settings))
+    return bool(state.get("kafka_running")) and (
+        state.get("kafka_bootstrap") == settings.kafka_bootstrap_servers
+    )
 
 
 @bench.command("normalize")

@@ -37,33 +37,26 @@ def _broken(settings: Settings, scale: Scale) -> Mapping[str, Any]:
     raise RuntimeError("broker gone")
 
 
-def _entry(name: str, module: str, runner: Any = None) -> BenchEntry:
-    return BenchEntry(name, module, {"small": f"inboxflow bench {name}", "large": "x"}, 30, runner)
+def _entry(name: str, runner: Any) -> BenchEntry:
+    commands: dict[Scale, str] = {"small": f"inboxflow bench {name}", "large": f"{name} large"}
+    return BenchEntry(name, "inboxflow.bench.report", commands, 30, runner)
 
 
-def _report() -> BenchReport:
-    entries = [
-        _entry("stages", "inboxflow.bench.report", _figures),
-        _entry("broken", "inboxflow.bench.report", _broken),
-        _entry("legacy", "inboxflow.bench.no_such_bench"),
-    ]
+def _report(scale: Scale = "small", names: tuple[str, ...] = ("stages", "broken")) -> BenchReport:
+    runners = {"stages": _figures, "memory": _figures, "broken": _broken}
     return run_all(
-        Settings(), "small", command="inboxflow bench all --scale small", kafka_version="4.1.1",
-        entries=entries,
+        Settings(), scale, command=f"inboxflow bench all --scale {scale}", kafka_version="4.1.1",
+        entries=[_entry(name, runners[name]) for name in names],
     )  # fmt: skip
 
 
-def test_outcomes_ok_failed_and_not_available_in_registry_order() -> None:
+def test_outcomes_ok_and_failed_in_registry_order() -> None:
     report = _report()
 
-    assert [(o.name, o.status) for o in report.outcomes] == [
-        ("stages", "ok"),
-        ("broken", "failed"),
-        ("legacy", "not available"),
-    ]
+    assert [(o.name, o.status) for o in report.outcomes] == [("stages", "ok"), ("broken", "failed")]
     assert report.outcomes[0].figures["emails"] == 2000
     assert report.outcomes[1].error == "RuntimeError: broker gone"
-    assert "inboxflow.bench.no_such_bench" in report.outcomes[2].error
+    assert all(outcome.date.endswith(" UTC") for outcome in report.outcomes)
     # Each bench is described by the first paragraph of its module's docstring.
     assert report.outcomes[0].about.startswith("``inboxflow bench all``: run every registered")
     assert report.machine["kafka"] == "4.1.1"
@@ -93,7 +86,6 @@ def test_markdown_has_machine_command_and_a_table_per_bench() -> None:
                 "broken", "failed", "inboxflow bench broken", seconds=2, budget_seconds=30,
                 error="E: why",
             ),
-            BenchOutcome("legacy", "not available", "x", error="`a.b` is not in this checkout"),
         ),
     )  # fmt: skip
 
@@ -112,7 +104,6 @@ def test_markdown_has_machine_command_and_a_table_per_bench() -> None:
     assert "| 2 | 101 | 120 |"
     assert "| 1 | 77.6 | 91.9 |" in page in page
     assert "Failed: `E: why`" in page
-    assert "## legacy\n\nNot available: `a.b` is not in this checkout." in page
 
 
 def test_write_report_writes_json_and_the_page(tmp_path: Path) -> None:
@@ -123,5 +114,24 @@ def test_write_report_writes_json_and_the_page(tmp_path: Path) -> None:
 
     assert path == tmp_path / "out" / "benchmarks-small.json"
     figures = json.loads(path.read_text())
-    assert [o["status"] for o in figures["outcomes"]] == ["ok", "failed", "not available"]
+    assert [o["status"] for o in figures["outcomes"]] == ["ok", "failed"]
     assert markdown.read_text() == render_markdown(report)
+
+
+def test_a_partial_run_keeps_the_other_figures_and_the_page_shows_both_scales(
+    tmp_path: Path,
+) -> None:
+    markdown = tmp_path / "benchmarks.md"
+    write_report(_report(), tmp_path, markdown)
+    # A large memory run alone, then the small stages bench again alone.
+    write_report(_report("large", ("memory",)), tmp_path, markdown)
+    path = write_report(_report("small", ("stages",)), tmp_path, markdown)
+
+    small = BenchReport.from_dict(json.loads(path.read_text()))
+    large = BenchReport.from_dict(json.loads((tmp_path / "benchmarks-large.json").read_text()))
+    assert [o.name for o in small.outcomes] == ["stages", "broken"]  # broken kept from run 1
+    assert [o.name for o in large.outcomes] == ["memory"]
+    page = markdown.read_text()
+    assert page == render_markdown(small, large)
+    assert page.index("# Scale `small`") < page.index("# Scale `large`") < page.index("## memory")
+    assert "Alone: `memory large`. Measured " in page
