@@ -53,6 +53,14 @@ class Serde(Protocol):
         """
         ...
 
+    def frame(self, model: type[Event], body: bytes) -> bytes:
+        """Return the value bytes of a ``model`` event whose Avro body is ``body``.
+
+        ``body`` is what :func:`encode_body` gave (the current schema): a CPU pool worker
+        encodes, the process that owns the serde (and its registry) only frames.
+        """
+        ...
+
     def decode(self, data: bytes, model: type[T]) -> T:
         """Return the ``model`` event in ``data``; raise ``UndecodableRecordError`` if not."""
         ...
@@ -135,6 +143,10 @@ class SingleObjectSerde:
         """Return ``C3 01`` + fingerprint + Avro body of a ``model`` event given as fields."""
         known = self._store.current(model)
         return SOE_MAGIC + known.fingerprint + _write_body(known, fields)
+
+    def frame(self, model: type[Event], body: bytes) -> bytes:
+        """Return ``C3 01`` + fingerprint + ``body`` (a current-schema ``model`` body)."""
+        return SOE_MAGIC + self._store.current(model).fingerprint + body
 
     def decode(self, data: bytes, model: type[T]) -> T:
         """Return the ``model`` in single-object-encoded ``data``, resolved to the current schema.
@@ -227,9 +239,16 @@ class RegistrySerde:
             TransientError: the registry cannot be reached (retry later).
             PermanentError: the registry refused the schema (e.g. incompatible).
         """
-        schema_id = self._schema_id(model)
-        header = CONFLUENT_MAGIC + schema_id.to_bytes(4, "big")
-        return header + _write_body(self._store.current(model), fields)
+        return self.frame(model, _write_body(self._store.current(model), fields))
+
+    def frame(self, model: type[Event], body: bytes) -> bytes:
+        """Return ``00`` + 4-byte schema id + ``body`` (a current-schema ``model`` body).
+
+        Raises:
+            TransientError: the registry cannot be reached (retry later).
+            PermanentError: the registry refused the schema (e.g. incompatible).
+        """
+        return CONFLUENT_MAGIC + self._schema_id(model).to_bytes(4, "big") + body
 
     def decode(self, data: bytes, model: type[T]) -> T:
         """Return the ``model`` in a Confluent or single-object frame.
@@ -286,6 +305,12 @@ _DEFAULT = SingleObjectSerde()
 def encode(event: Event) -> bytes:
     """Return ``event`` in single-object encoding (``C3 01`` + fingerprint + Avro body)."""
     return _DEFAULT.encode(event)
+
+
+def encode_body(event: Event) -> bytes:
+    """Return the Avro body of ``event`` in its current schema, unframed: any serde's ``frame``
+    makes it a value. Needs no registry, so a CPU pool worker can call it."""
+    return _write_body(default_store().current(type(event)), event.model_dump())
 
 
 def decode(data: bytes, model: type[T]) -> T:

@@ -40,6 +40,7 @@ import charset_normalizer
 
 from schemas.errors import MimeBombError
 from schemas.models import EmailNormalized, GmailMessageFetched
+from schemas.serde import encode_body
 from streams.stages.contacts import parse_mailboxes
 from streams.stages.fitting import fit_event
 from streams.stages.html_text import html_to_text, meta_charsets
@@ -58,6 +59,7 @@ __all__ = [
     "decode_html",
     "make_snippet",
     "normalize_message",
+    "normalized_bodies",
     "normalized_event",
     "normalized_events",
 ]
@@ -774,3 +776,17 @@ def _body_text(leaves: list[_Leaf]) -> str:
         if joined:
             return joined
     return ""
+
+
+def normalized_bodies(
+    batch: Sequence[tuple[GmailMessageFetched, int | None]], now: datetime
+) -> list[bytes | Exception]:
+    """Return the Avro body of each :func:`normalized_events` result, or its exception (pure).
+
+    What a worker process sends back: bytes cross the pipe and are framed by the parent
+    (``Serde.frame``), where an event would be pickled, rebuilt and encoded there again.
+    """
+    return [
+        result if isinstance(result, Exception) else encode_body(result)
+        for result in normalized_events(batch, now)
+    ]

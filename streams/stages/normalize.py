@@ -19,7 +19,9 @@ Messages bound for the pool travel in chunks (:func:`normalize_in_pool`): one ca
 :data:`CHUNK_MESSAGES` messages or :data:`CHUNK_BYTES` of raw mail (a batch still makes a chunk
 per worker when it can), so the hand-over (a thread switch, a pipe round trip, the pickling of a
 call) is paid once per chunk, not per message: one call per message cost the parent more CPU
-than the worker's parse and kept the worker waiting. A chunk that runs past ``record_timeout``
+than the worker's parse and kept the worker waiting. Workers send back Avro bodies, which the
+stage only frames (``Serde.frame``): rebuilding each event in the parent and encoding it there
+cost the parent more than its share and kept two workers from doubling one's rate. A chunk that runs past ``record_timeout``
 or loses its worker is run again one message per call, so the message at fault fails alone.
 """
 
@@ -33,10 +35,10 @@ from datetime import datetime
 from schemas.models import EmailNormalized, GmailMessageFetched, JobKind
 from schemas.serde import Serde
 from streams.runtime.cpu_pool import CpuPool
-from streams.runtime.stage import JobRef, Outcome, Record
-from streams.stages.base import Decoder, event_record, utc_now
+from streams.runtime.stage import JobRef, Outcome, Outgoing, Record
+from streams.stages.base import Decoder, utc_now
 from streams.stages.fitting import value_limit
-from streams.stages.mime import normalized_events
+from streams.stages.mime import normalized_bodies
 
 DOWNSTREAM_KINDS = (JobKind.EXTRACT_CONTACTS, JobKind.EMBED, JobKind.INSIGHT)
 # Raw messages up to this size are parsed in place, larger ones in the pool.
@@ -46,7 +48,7 @@ INLINE_MAX_BYTES = 32 * 1024
 CHUNK_MESSAGES = 64
 CHUNK_BYTES = 256 * 1024
 
-_Parsed = EmailNormalized | Exception
+_Parsed = bytes | Exception  # an EmailNormalized Avro body (``normalized_bodies``)
 
 
 class NormalizeStage:
@@ -120,8 +122,9 @@ class NormalizeStage:
         if isinstance(normalized, Exception):
             return Outcome(error=normalized)
         ref = JobRef(fetched.user_id, fetched.message_id, batch_id=fetched.sync_id)
+        value = self.serde.frame(EmailNormalized, normalized)
         return Outcome(
-            outputs=[event_record(self.serde, self.normalized_topic, normalized)],
+            outputs=[Outgoing(self.normalized_topic, fetched.user_id.encode(), value)],
             queued=[(kind, ref) for kind in DOWNSTREAM_KINDS],
         )
 
@@ -162,7 +165,7 @@ class NormalizeStage:
                 continue
             # Between messages the loop serves others: heartbeats, the pool's hand-overs.
             await asyncio.sleep(0)
-            parsed.append(normalized_events([item], now)[0])
+            parsed.append(normalized_bodies([item], now)[0])
         return parsed
 
     def _limit(self, fetched: GmailMessageFetched) -> int | None:
@@ -220,7 +223,7 @@ async def _normalize_chunk(
     record_timeout: float | None,
 ) -> list[_Parsed]:
     try:
-        return await pool.run(normalized_events, chunk, now, max_seconds=record_timeout)
+        return await pool.run(normalized_bodies, chunk, now, max_seconds=record_timeout)
     except Exception as exc:  # noqa: BLE001 - a deadline, a lost worker: per message below
         if len(chunk) == 1:
             return [exc]

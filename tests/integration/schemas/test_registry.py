@@ -62,6 +62,8 @@ def test_encode_uses_confluent_framing_with_the_registered_id(schema_registry_ur
     )
     assert data[:5] == b"\x00" + int(latest["id"]).to_bytes(4, "big")
     assert registry_serde.decode(data, JobStateChanged) == event
+    # What a CPU pool worker's body becomes once the owner of the registry frames it.
+    assert registry_serde.frame(JobStateChanged, serde.encode_body(event)) == data
 
 
 def test_a_fresh_consumer_fetches_the_writer_schema_by_id(schema_registry_url: str) -> None:

@@ -264,3 +264,13 @@ def test_data_from_an_unreleased_newer_version_is_undecodable() -> None:
 
     with pytest.raises(UndecodableRecordError, match="upgrade this consumer"):
         serde.decode(_frame(newer, record), SyncRequested)
+
+
+def test_a_framed_body_is_the_encoded_event_for_every_model() -> None:
+    # CPU pool workers send bodies back; the parent's frame must give the very same bytes.
+    single_object = serde.SingleObjectSerde()
+    for model, event in example_events().items():
+        body = serde.encode_body(event)
+        assert single_object.frame(model, body) == single_object.encode(event)
+        fields = event.model_dump()
+        assert single_object.encode_fields(model, fields) == single_object.encode(event)
