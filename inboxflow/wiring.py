@@ -13,13 +13,12 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import faust
-from google.auth.credentials import Credentials
 
 from db.agent_state import AgentState
-from db.token_cipher import KeyRing
 from inboxflow.settings import Settings
 from schemas.models import SyncRequested
 from schemas.serde import Serde, serde_for
@@ -37,15 +36,21 @@ from streams.stages.embedding import (
     OpenAIEmbeddingProvider,
 )
 from streams.stages.extract import ExtractStage
-from streams.stages.fetch import FetchStage
-from streams.stages.gmail.client import GmailClient, GmailClientConfig
-from streams.stages.gmail.credentials import CredentialsProvider
 from streams.stages.gmail.limiter import QuotaLimiter
 from streams.stages.insight import InsightStage
 from streams.stages.normalize import NormalizeStage
-from streams.stages.sync import SyncStage
 from topics.catalogue import Catalogue, TopicSpec, build_catalogue
 from topics.kafka import KafkaClients, KafkaSecurity
+
+# The Gmail side (Google's client library, its auth and the token cipher, some 15 MiB) is
+# imported where it is built: only the sync group and the account tools need it, and every
+# other worker process would hold it for nothing.
+if TYPE_CHECKING:
+    from google.auth.credentials import Credentials
+
+    from db.token_cipher import KeyRing
+    from streams.stages.gmail.client import GmailClient
+    from streams.stages.gmail.credentials import CredentialsProvider
 
 AGENTS = ("sync", "normalize", "extract", "embed", "insight")
 BACKFILL_LANE = "backfill"
@@ -105,6 +110,8 @@ def token_keys_from(settings: Settings) -> KeyRing:
     Raises:
         TokenKeyFormatError: a key is not 32 bytes of URL-safe base64 (the value is not shown).
     """
+    from db.token_cipher import KeyRing
+
     current, previous = settings.token_key, settings.token_previous_keys
     return KeyRing.from_text(
         current.get_secret_value() if current is not None else None,
@@ -117,6 +124,8 @@ def gmail_credentials_from(settings: Settings) -> CredentialsProvider:
     else the token-file folder (``INBOXFLOW_GMAIL_CREDENTIALS_DIR``), else (only when the Gmail
     endpoint is not Google's, i.e. the emulator) anonymous credentials.
     """
+    from streams.stages.gmail.credentials import CredentialsProvider
+
     host = urlsplit(settings.gmail_api_root).hostname or ""
     return CredentialsProvider(
         settings.database_url.get_secret_value(),
@@ -133,6 +142,8 @@ def gmail_client_from(
 
     Credentials come from ``gmail_credentials_from`` unless ``credentials_for`` is given.
     """
+    from streams.stages.gmail.client import GmailClient, GmailClientConfig
+
     window = settings.gmail_quota_window_seconds
     provider = gmail_credentials_from(settings) if credentials_for is None else None
     return GmailClient(
@@ -267,6 +278,9 @@ def build_stages(agent: str, catalogue: Catalogue, resources: Resources) -> Mapp
     """Return the stages of consumer group ``agent``, keyed by the topic each one reads."""
     settings, serde, timeouts = resources.settings, resources.serde, resources.settings.timeouts
     if agent == "sync":
+        from streams.stages.fetch import FetchStage
+        from streams.stages.sync import SyncStage
+
         return {
             catalogue.sync_requested.name: SyncStage(
                 serde=serde,

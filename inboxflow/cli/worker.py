@@ -11,7 +11,6 @@ import click
 import psycopg
 
 from db.accounts import Account, AccountState, find_accounts
-from inboxflow.scheduling import run_scheduler
 from inboxflow.settings import Settings
 from inboxflow.supervisor import check_kafka, run_agent, start_all
 from inboxflow.wiring import AGENTS, request_syncs
@@ -63,6 +62,10 @@ def scheduler(settings: Settings) -> None:
     Run one per replica: they elect one (a Postgres advisory lock), and another takes over when
     it dies. `inboxflow worker` starts one beside the agents.
     """
+    # Here, not at the top: the scheduler renews Gmail watches, and an agent process (this
+    # module starts them too) should not hold Google's client library for nothing.
+    from inboxflow.scheduling import run_scheduler
+
     try:
         check_kafka(settings)  # refused credentials: one clear line, not a traceback
     except InboxflowError as exc:
