@@ -21,8 +21,9 @@ per worker when it can), so the hand-over (a thread switch, a pipe round trip, t
 call) is paid once per chunk, not per message: one call per message cost the parent more CPU
 than the worker's parse and kept the worker waiting. Workers send back Avro bodies, which the
 stage only frames (``Serde.frame``): rebuilding each event in the parent and encoding it there
-cost the parent more than its share and kept two workers from doubling one's rate. A chunk that runs past ``record_timeout``
-or loses its worker is run again one message per call, so the message at fault fails alone.
+cost the parent more than its share and kept two workers from doubling one's rate. A chunk that
+runs past ``record_timeout`` or loses its worker is run again one message per call, so the
+message at fault fails alone.
 """
 
 from __future__ import annotations
