@@ -27,6 +27,9 @@ The work per message is bounded and so is its time, so one long or slow message 
   moment it starts: past it the call in flight is cancelled (for the local model its worker
   process is killed, see ``streams.runtime.cpu_pool``), the unit's messages fail with
   ``StageTimeoutError`` (TIMEOUT) and the rest of the batch goes on.
+* A provider call refused with a short stated wait (a 429 with ``Retry-After`` of at most
+  ``THROTTLE_WAIT_SECONDS``) is sent again after it, up to ``THROTTLE_RETRIES`` times, within
+  the unit's time; only then do its messages go to the retry ladder.
 * ``concurrency`` units run at once (one per local model worker process, or requests in flight
   to an API), started in the batch's order; outcomes are returned in that order.
 * No unit starts once the batch has run ``batch_timeout`` seconds, and no unit gets more than
@@ -61,6 +64,10 @@ log = logging.getLogger(__name__)
 
 GUARD_SECONDS = 30.0
 """How far the runner's batch guard (``timeout``) lies beyond the stage's own last deadline."""
+THROTTLE_RETRIES = 3
+"""Times one provider call is sent again after a 429 that asked for a short wait."""
+THROTTLE_WAIT_SECONDS = 10.0
+"""The longest ``Retry-After`` sat out in the stage; past it the unit fails to the retry ladder."""
 
 
 @dataclass
@@ -348,10 +355,28 @@ class EmbedStage(NormalizedEmailStage):
     async def _embed(self, texts: list[str]) -> list[list[float]]:
         vectors: list[list[float]] = []
         for start in range(0, len(texts), self.sub_batch):
-            vectors += await self.provider.embed(texts[start : start + self.sub_batch])
+            vectors += await self._embed_call(texts[start : start + self.sub_batch])
         if len(vectors) != len(texts):
             raise RuntimeError(f"{self.provider.name} gave {len(vectors)} vectors for {len(texts)}")
         return vectors
+
+    async def _embed_call(self, texts: list[str]) -> list[list[float]]:
+        """One provider call, sent again after a short stated throttle (within the unit's time).
+
+        An API that asks for a second's pause gets it here: the provider holds its bucket for
+        the ``Retry-After``, so the call goes again once that passes. Failing the unit instead
+        sent its messages down the retry ladder (1, 2, 4 ... s, attempts spent) and made them
+        wait for a later batch; under an API serving half the offered rate, messages took
+        ten attempts. A longer or unstated wait still fails the unit, to the ladder.
+        """
+        for throttled in range(THROTTLE_RETRIES + 1):
+            try:
+                return await self.provider.embed(texts)
+            except RateLimitedError as exc:
+                wait = exc.retry_after
+                if throttled == THROTTLE_RETRIES or wait is None or wait > THROTTLE_WAIT_SECONDS:
+                    raise
+        raise AssertionError("unreachable: the last throttle is raised")
 
     def _embedded(self, message: _Message, vectors: list[list[float]]) -> Outcome:
         email = message.email

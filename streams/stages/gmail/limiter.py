@@ -4,7 +4,8 @@ A token bucket refilled at ``target_utilization`` x the per-user ceiling, holdin
 ``burst_fraction`` of one window (so arrival jitter never overdraws Google's own bucket), plus a
 count of sub-requests in flight. A throttle from Google empties the bucket and blocks every caller
 until the "Retry after" time (or a jittered exponential backoff capped at the quota window, not at
-10 s); a concurrency throttle halves the allowed concurrency, each success adds one back.
+10 s); every throttle halves the allowed concurrency (and so the parts of a batch), each success
+adds one back.
 Callers on one event loop; not thread-safe, except ``units_in_window``, which the metrics server's
 thread reads (``inboxflow_gmail_user_units``).
 """
@@ -127,8 +128,12 @@ class QuotaLimiter:
         """
         self.throttles += 1
         self._consecutive_throttles += 1
-        if concurrency:
-            self.concurrency = max(1, self.concurrency // 2)
+        # Every throttle halves the sub-requests allowed in flight, and so the parts of the next
+        # batch: a user-rate throttle refuses every part behind the first refused one, and the
+        # next batch waits for its units to refill an empty bucket, so a full-size batch after a
+        # throttle mostly buys waiting (under 30 % injected 429s a 25-part batch yielded about
+        # one message per five seconds). Each success adds one back.
+        self.concurrency = max(1, self.concurrency // 2)
         if wait is not None:
             delay = wait + self._rng.uniform(0.0, min(1.0, 0.05 * wait)) + 0.01
         else:

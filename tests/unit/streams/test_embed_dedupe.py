@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from schemas.errors import TransientError
+from schemas.errors import RateLimitedError, TransientError
 from schemas.models import EmailEmbedded, JobStatus
 from schemas.serde import decode
 from streams.stages.chunk_vectors import MemoryChunkVectors
-from streams.stages.embed import EmbedStage
+from streams.stages.embed import THROTTLE_RETRIES, THROTTLE_WAIT_SECONDS, EmbedStage
 from tests.memory_publisher import MemoryPublisher
 from tests.unit.streams.test_stages import (
     CATALOGUE,
@@ -207,3 +207,42 @@ async def test_a_copy_whose_embedding_failed_elsewhere_is_retried_not_lost() -> 
         "other": JobStatus.DONE,
         "copy": JobStatus.RETRYING,
     }
+
+
+class ThrottledFirst(FakeProvider):
+    """Answers its first ``refusals`` calls with a 429 asking for ``wait`` seconds."""
+
+    def __init__(self, refusals: int, wait: float | None) -> None:
+        super().__init__()
+        self.refusals, self.wait, self.refused = refusals, wait, 0
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if self.refused < self.refusals:
+            self.refused += 1
+            raise RateLimitedError("Rate limit reached for requests.", retry_after=self.wait)
+        return await super().embed(texts)
+
+
+async def test_a_call_throttled_with_a_short_wait_is_sent_again_in_the_stage() -> None:
+    provider = ThrottledFirst(refusals=2, wait=0.01)
+    (embedded,) = await embed(stage_with(provider, None), normalized_email(text="Short note."))
+
+    assert provider.refused == 2
+    assert provider.calls == [["Short note."]]  # FakeProvider records the call that went through
+    assert [c.text for c in embedded.chunks] == ["Short note."]
+
+
+async def test_a_long_unstated_or_repeated_throttle_goes_to_the_retry_ladder() -> None:
+    for provider in (
+        ThrottledFirst(refusals=1, wait=THROTTLE_WAIT_SECONDS + 1),
+        ThrottledFirst(refusals=1, wait=None),
+        ThrottledFirst(refusals=THROTTLE_RETRIES + 1, wait=0.01),
+    ):
+        publisher = MemoryPublisher()
+        records = event_records(NORMALIZED, [normalized_email(text="Short note.")])
+        await run_with(stage_with(provider, None), CATALOGUE.embed, publisher).run(records)
+
+        assert publisher.on(EMBEDDED) == []
+        (final,) = [s for s in states(publisher) if s.status is not JobStatus.PROCESSING]
+        assert final.status is JobStatus.RETRYING
+        assert provider.calls == []

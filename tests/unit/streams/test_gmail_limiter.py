@@ -68,6 +68,16 @@ async def test_concurrency_halves_on_concurrency_throttle_and_grows_back() -> No
     assert limiter.concurrency == 40
 
 
+async def test_a_rate_throttle_halves_concurrency_too_so_the_next_batch_is_smaller() -> None:
+    vt = VirtualTime()
+    limiter = make(vt, max_concurrency=25)
+    for expected in (12, 6, 3, 1, 1):
+        limiter.on_throttle(1.0)
+        assert limiter.concurrency == expected
+    limiter.on_success()
+    assert limiter.concurrency == 2
+
+
 def test_transient_backoff_starts_at_one_second_with_jitter() -> None:
     vt = VirtualTime()
     limiter = make(vt)
