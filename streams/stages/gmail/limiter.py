@@ -131,8 +131,8 @@ class QuotaLimiter:
         # Every throttle halves the sub-requests allowed in flight, and so the parts of the next
         # batch: a user-rate throttle refuses every part behind the first refused one, and the
         # next batch waits for its units to refill an empty bucket, so a full-size batch after a
-        # throttle mostly buys waiting (under 30 % injected 429s a 25-part batch yielded about
-        # one message per five seconds). Each success adds one back.
+        # throttle mostly buys waiting (docs/gmail-api.md, "Retry-After"). Each success adds one
+        # back.
         self.concurrency = max(1, self.concurrency // 2)
         if wait is not None:
             delay = wait + self._rng.uniform(0.0, min(1.0, 0.05 * wait)) + 0.01
