@@ -7,7 +7,11 @@ Three figures on the same generated messages (``generate_messages``, realistic M
 - **pool of N**: the same messages through a :class:`streams.runtime.cpu_pool.CpuPool` of N
   worker processes, as the normalize stage sends them (``normalize_in_pool``: chunks of several
   messages per call, all submitted at once), for each N asked for;
-- **scaling**: the largest pool's rate over the one-process pool's.
+- **scaling**: the largest pool's rate over the one-process pool's;
+- **machine scaling**: the same parse in as many independent processes (no pool, no hand-over,
+  each its own share of the messages, started together): what this machine's cores give this
+  work at all. The pool's scaling over it is the pool's own efficiency; on shared or
+  throttled cores the machine's figure is well under the core count.
 
 Before timing, each side normalizes messages of another seed, so imports, worker start-up and
 the parser's per-process caches are warm, as in a long-running worker; the timed messages are
@@ -17,6 +21,7 @@ new to it. Rates are wall-clock; on a machine busy with other work they come out
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import time
 from collections.abc import Sequence
@@ -59,6 +64,8 @@ class NormalizeBenchResult:
     single_core_messages_per_second: float
     pool: tuple[PoolRate, ...]
     scaling: float | None  # largest pool over the 1-process pool; None without both
+    machine_scaling: float | None  # independent processes, as many as the largest pool
+    pool_efficiency: float | None  # scaling / machine_scaling
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict."""
@@ -84,13 +91,52 @@ def run_normalize_bench(
     by_size = {rate.processes: rate.messages_per_second for rate in rates}
     largest = max(by_size, default=0)
     scaling = by_size[largest] / by_size[1] if 1 in by_size and largest > 1 else None
+    machine = None
+    if scaling is not None:
+        machine = _independent_rate(largest, messages, seed) / _independent_rate(1, messages, seed)
     return NormalizeBenchResult(
         messages=messages,
         average_message_bytes=sum(len(event.raw) for event in timed) / messages,
         single_core_messages_per_second=single,
         pool=rates,
         scaling=scaling,
+        machine_scaling=machine,
+        pool_efficiency=None if scaling is None or not machine else scaling / machine,
     )
+
+
+def _independent_rate(processes: int, messages: int, seed: int) -> float:
+    """Messages/s of ``processes`` processes parsing shares of the messages side by side."""
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(processes)
+    results = context.SimpleQueue()
+    share = -(-messages // processes)
+    children = [
+        context.Process(target=_parse_share, args=(share, seed, start, results))
+        for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    try:
+        elapsed = [float(results.get()) for _ in children]
+    finally:
+        for child in children:
+            child.join()
+    return share * processes / max(elapsed)
+
+
+def _parse_share(count: int, seed: int, start: Any, results: Any) -> None:
+    """A child of ``_independent_rate``: warm up, wait for the others, time ``count`` parses."""
+    timed = fetched_events(count, seed=seed)
+    warmup = fetched_events(min(count, _WARMUP_MESSAGES), seed=seed + 1)
+    now = datetime.now(UTC)
+    for event in warmup:
+        normalized_event(event, now)
+    start.wait()
+    began = time.perf_counter()
+    for event in timed:
+        normalized_event(event, now)
+    results.put(time.perf_counter() - began)
 
 
 def _single_core_rate(

@@ -425,3 +425,8 @@ def normalize(messages: int, seed: int, processes: str, as_json: bool) -> None:
         )
     if result.scaling is not None:
         click.echo(f"scaling, largest pool over 1 process: {result.scaling:.2f}x")
+    if result.machine_scaling is not None:
+        click.echo(
+            f"machine scaling, as many independent processes: {result.machine_scaling:.2f}x "
+            f"(pool efficiency {result.pool_efficiency or 0:.2f})"
+        )

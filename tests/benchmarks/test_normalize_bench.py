@@ -30,6 +30,9 @@ def test_normalize_rates_on_one_core_and_in_pools() -> None:
     assert all(rate.messages_per_second > 0 for rate in result.pool)
     one, two = (rate.messages_per_second for rate in result.pool)
     assert result.scaling == pytest.approx(two / one)
+    assert result.machine_scaling is not None
+    assert result.machine_scaling > 0
+    assert result.pool_efficiency == pytest.approx(result.scaling / result.machine_scaling)
 
 
 def test_the_cli_prints_the_figures_as_json() -> None:
@@ -44,3 +47,4 @@ def test_the_cli_prints_the_figures_as_json() -> None:
     assert figures["single_core_messages_per_second"] > 0
     assert [rate["processes"] for rate in figures["pool"]] == [1]
     assert figures["scaling"] is None  # no second pool size to compare
+    assert figures["machine_scaling"] is None
