@@ -208,7 +208,7 @@ class Settings(BaseSettings):
         1024 * 1024 * 1024,
         ge=1,
         description="Bytes of consumed records an agent process may hold (fetched, buffered, "
-        "in its batch); sizes its Kafka fetches, stream buffer and batches.",
+        "in its batch); sizes its Kafka fetches and each agent's limit on the records it holds.",
     )
     retry_ladders: dict[str, list[int]] = Field(
         default_factory=dict,

@@ -54,6 +54,25 @@ class AgentMetrics:
             ["group", "stage"],
             registry=registry,
         )
+        self.held_bytes = Gauge(
+            "inboxflow_agent_held_bytes",
+            "Bytes of consumed records an agent holds: in faust's buffer and taken, not yet acked.",
+            ["group", "stage"],
+            registry=registry,
+        )
+        self.held_bytes_peak = Gauge(
+            "inboxflow_agent_held_bytes_peak",
+            "The most bytes of consumed records the agent has held since it started.",
+            ["group", "stage"],
+            registry=registry,
+        )
+        self.delivery_waits = Counter(
+            "inboxflow_agent_delivery_waits",
+            "Times delivery into the agent's buffer waited because the agent held its byte "
+            "limit (its share of INBOXFLOW_WORKER_BUFFER_BYTES): the stage is the bottleneck.",
+            ["group", "stage"],
+            registry=registry,
+        )
         self.breaker_state = Gauge(
             "inboxflow_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",

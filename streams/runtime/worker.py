@@ -7,9 +7,10 @@ published everything that followed from it, so a crash re-delivers instead of lo
 process, so per-user limits (Gmail quota) live with whoever owns the user's partition.
 
 Memory is bounded in bytes, not records: raw mail goes up to 64 MiB a record, and faust's own
-buffers count events. ``plan_buffers`` splits a worker's byte budget between Kafka fetches,
-faust's stream buffer (sized in events of the largest record the sources accept) and a window
-of records taken but not yet acked, which the agent fills by bytes; batches are cut from it.
+buffers count events. ``plan_buffers`` splits a worker's byte budget between Kafka fetches, the
+poll being delivered and, per agent, a limit on the records it holds: delivery into faust's
+buffer waits at that limit (``byte_gate``), and the agent fills a window of records taken but
+not yet acked by bytes; batches are cut from it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mode import Service
 from schemas.errors import InboxflowError
 from schemas.serde import Serde
 from streams.runtime.app import create_app
+from streams.runtime.byte_gate import ByteGate, GatedTopic, message_bytes
 from streams.runtime.liveness import StallTracker
 from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.retry_relay import RetryRelay
@@ -58,12 +60,11 @@ class BatchConfig:
 
 DEFAULT_BUFFER_BYTES = 1024 * 1024 * 1024
 BROKER_MAX_MESSAGE_BYTES = 1024 * 1024 + 12  # Kafka's message.max.bytes, for topics without one
-EVENT_OVERHEAD_BYTES = 1024  # a taken event's Python objects, beside its key and value
 WINDOW_EVENTS_PER_BATCH = 10  # taken-not-acked events, in batches: small mail never waits on it
 _MIN_FETCH_BYTES = 64 * 1024
 _MAX_FETCH_BYTES = 1024 * 1024  # faust's default
-_MAX_POLL_RECORDS = 500  # short polls keep heartbeats alive (robinhood#402)
-_MAX_BUFFER_EVENTS = 4096  # faust's default
+POLL_RECORDS = 500  # faust's default; short polls keep heartbeats alive (robinhood#402)
+BUFFER_EVENTS = 4096  # faust's default: a backstop, the byte gate comes first
 
 
 class BufferBudgetError(InboxflowError, ValueError):
@@ -74,19 +75,21 @@ class BufferBudgetError(InboxflowError, ValueError):
 class BufferPlan:
     """How one worker spends its byte budget on consumed records, from its source topics.
 
-    A record is held in one of four places, each bounded here:
+    A record is held in one of three places, each bounded here:
 
     * fetched: aiokafka keeps at most one fetch per assigned partition, ``fetch_bytes`` each,
       though a record larger than that still arrives whole (KIP-74): ``largest_record`` each;
-    * delivering: faust moves one poll, at most ``poll_records`` records, into its buffers;
-    * buffered: faust's stream buffer of each agent (one per source topic), ``buffer_events``
-      events each (it counts events, not bytes);
-    * taken: records an agent took and has not acked yet (the batch at work and the next
-      ones): ``window_bytes`` per agent, plus the one record that crosses the line.
+    * delivering: the poll faust is moving into its buffers, at most ``poll_records`` records
+      and never more than was fetched when it was taken;
+    * held by an agent (one per source topic): in faust's buffer or in the agent's window of
+      taken, unacked records. Delivery waits while an agent holds ``window_bytes``, so it holds
+      at most that plus the record that crosses the line and one in faust's stream between its
+      buffer and the agent (``byte_gate.ByteGate``).
 
     ``worst_case_bytes`` adds them up assuming every record is as large as the largest the
     sources accept; it never exceeds ``budget_bytes``. Records the stage produces, the retry
     relay's own consumer and the CPU pool's copies of records in work are not counted.
+    ``buffer_events`` is faust's count of buffered events, a backstop: the bytes come first.
     """
 
     budget_bytes: int
@@ -99,12 +102,20 @@ class BufferPlan:
     window_bytes: int
 
     @property
+    def fetched_bytes(self) -> int:
+        """The most the fetches of every partition hold at once."""
+        return self.partitions * max(self.fetch_bytes, self.largest_record)
+
+    @property
+    def poll_bytes(self) -> int:
+        """The most one poll in delivery holds: it takes records already fetched."""
+        return min(self.poll_records * self.largest_record, self.fetched_bytes)
+
+    @property
     def worst_case_bytes(self) -> int:
         """The most record bytes the worker can hold at once."""
-        fetched = self.partitions * max(self.fetch_bytes, self.largest_record)
-        per_agent = self.buffer_events + 1  # its buffer, and the record over its window's line
-        queued = (self.poll_records + self.agents * per_agent) * self.largest_record
-        return fetched + queued + self.agents * self.window_bytes
+        held = self.window_bytes + 2 * self.largest_record
+        return self.fetched_bytes + self.poll_bytes + self.agents * held
 
 
 def largest_record_bytes(spec: TopicSpec) -> int:
@@ -113,12 +124,11 @@ def largest_record_bytes(spec: TopicSpec) -> int:
 
 
 def plan_buffers(budget_bytes: int, sources: Sequence[TopicSpec]) -> BufferPlan:
-    """Split ``budget_bytes`` between fetches, faust's buffer and the agent's window.
+    """Split ``budget_bytes`` between fetches, the poll in delivery and the agents' limits.
 
     Pure. A worker may own every partition of its sources, so fetches get their worst case
-    first; a quarter of the rest goes to faust's buffers and the poll being delivered, counted
-    in records of the largest size; the agents' windows share the remainder. Each source topic
-    has its own agent.
+    first, then a poll of them; the agents (one per source topic) share the remainder, each
+    less the two records it may hold over its limit.
 
     Raises:
         BufferBudgetError: The budget cannot hold that: the message says how much would (a
@@ -130,15 +140,12 @@ def plan_buffers(budget_bytes: int, sources: Sequence[TopicSpec]) -> BufferPlan:
     partitions = sum(spec.partitions for spec in sources)
     agents = len(sources)
     fetch = min(_MAX_FETCH_BYTES, max(_MIN_FETCH_BYTES, budget_bytes // (8 * partitions)))
-    left = budget_bytes - partitions * max(fetch, largest)
-    buffer_events = max(2, min(_MAX_BUFFER_EVENTS, left // (4 * largest * agents)))
-    # faust stops fetching a partition when its buffer reaches 80 % (mode's FlowControlQueue),
-    # and when no partition is left it sleeps a whole second. A poll delivered while the agent
-    # has not yet run must stay under that line, or every poll would stall the next.
-    poll_records = max(1, min(_MAX_POLL_RECORDS, buffer_events // 2))
-    window = (left - (poll_records + agents * (buffer_events + 1)) * largest) // agents
+    fetched = partitions * max(fetch, largest)
+    delivering = min(POLL_RECORDS * largest, fetched)
+    # Each agent holds its window plus the record over the line and one in faust's hands.
+    window = (budget_bytes - fetched - delivering) // agents - 2 * largest
     if window < largest:
-        needed = partitions * max(fetch, largest) + (1 + 4 * agents) * largest
+        needed = fetched + delivering + 3 * agents * largest
         raise BufferBudgetError(
             f"a worker buffer budget of {budget_bytes} bytes cannot hold {partitions} "
             f"partitions of records up to {largest} bytes. Operator action: raise it "
@@ -150,8 +157,8 @@ def plan_buffers(budget_bytes: int, sources: Sequence[TopicSpec]) -> BufferPlan:
         partitions=partitions,
         agents=agents,
         fetch_bytes=fetch,
-        poll_records=poll_records,
-        buffer_events=buffer_events,
+        poll_records=POLL_RECORDS,
+        buffer_events=BUFFER_EVENTS,
         window_bytes=window,
     )
 
@@ -229,8 +236,7 @@ class TakenWindow:
 
 def event_bytes(event: faust.types.EventT[Any]) -> int:
     """Return what a taken event costs the window: its key, value and object overhead."""
-    message = event.message
-    return len(message.value or b"") + len(message.key or b"") + EVENT_OVERHEAD_BYTES
+    return message_bytes(event.message)
 
 
 def record_from_event(event: faust.types.EventT[Any]) -> Record:
@@ -366,7 +372,20 @@ def _add_agent(
     window_bytes: int,
     stalls: StallTracker | None,
 ) -> None:
-    topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
+    ahead = batch.window_batches or WINDOW_EVENTS_PER_BATCH
+    window = TakenWindow(window_bytes, max_events=ahead * batch.size)
+    labels = (runner.group.group_id, runner.stage.name)
+    metrics = runner.metrics
+    gate = ByteGate(
+        window_bytes,
+        window,
+        held_gauge=metrics.held_bytes.labels(*labels),
+        peak_gauge=metrics.held_bytes_peak.labels(*labels),
+        waits=metrics.delivery_waits.labels(*labels),
+    )
+    topic = GatedTopic(
+        app, topics=[topic_name], key_serializer="raw", value_serializer="raw", gate=gate
+    )
 
     async def agent(stream: faust.StreamT[bytes]) -> None:
         # Manual acks (noack): an event is acked only after its batch's results are
@@ -374,14 +393,16 @@ def _add_agent(
         # task cuts batches from it, so a batch is `batch.size` small records or as many large
         # ones as the budget allows, where faust's take() could only count them.
         manual = cast(faust.Stream[bytes], stream).noack()
-        ahead = batch.window_batches or WINDOW_EVENTS_PER_BATCH
-        window = TakenWindow(window_bytes, max_events=ahead * batch.size)
-        batches = asyncio.create_task(_run_batches(window, manual, runner, batch, stalls))
+        gate.watch(cast(faust.ChannelT[bytes], stream.channel).queue)
+        batches = asyncio.create_task(_run_batches(window, manual, runner, batch, stalls, gate))
         try:
             async for event in manual.events():
                 if stalls is not None:  # waiting from now: in faust's hands, then the window
                     stalls.arrived(event.message.topic, event.message.partition)
-                await window.put(event, event_bytes(event))
+                size = event_bytes(event)
+                gate.reading(size)
+                await window.put(event, size)
+                gate.read(size)
         finally:
             batches.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -396,6 +417,7 @@ async def _run_batches(
     runner: StageRunner,
     batch: BatchConfig,
     stalls: StallTracker | None = None,
+    gate: ByteGate | None = None,
 ) -> None:
     """Run batches from the window, in order, acking each once its results are safe."""
     try:
@@ -408,6 +430,8 @@ async def _run_batches(
                 if stalls is not None:
                     stalls.progressed(event.message.topic, event.message.partition, 1)
             await window.release(taken)
+            if gate is not None:
+                gate.changed()
     except BaseException as exc:
         await window.close(exc)
         raise

@@ -15,9 +15,9 @@ import faust
 import pytest
 
 from schemas.models import JobKind
+from streams.runtime.byte_gate import EVENT_OVERHEAD_BYTES
 from streams.runtime.stage import JobRef, Outcome, Record
 from streams.runtime.worker import (
-    EVENT_OVERHEAD_BYTES,
     TakenWindow,
     build_worker_app,
     event_bytes,
@@ -32,35 +32,41 @@ CATALOGUE = build_catalogue("unit")
 
 
 @pytest.mark.parametrize("group", CATALOGUE.groups[:5], ids=lambda g: g.agent)
-@pytest.mark.parametrize("budget", [768 * MIB, GIB, 4 * GIB], ids=lambda b: f"{b // MIB}MiB")
+@pytest.mark.parametrize("budget", [GIB, 2 * GIB, 4 * GIB], ids=lambda b: f"{b // MIB}MiB")
 def test_no_worker_can_hold_more_than_its_budget(group: Any, budget: int) -> None:
     plan = plan_buffers(budget, group.sources)
 
     assert plan.worst_case_bytes <= budget
     # Every record the sources accept fits the window on its own.
     assert plan.window_bytes >= plan.largest_record
-    # A poll delivered before the agent runs never puts faust's buffer under pressure (80 %).
+    # A poll delivered before the agent runs never puts faust's buffer under pressure (80 %):
+    # there faust would stop fetching the partition and its fetch loop sleep a second.
     assert plan.poll_records <= int(plan.buffer_events / 1.25)
 
 
-def test_raw_mail_topics_get_a_buffer_of_a_few_records_small_ones_of_hundreds() -> None:
+def test_raw_mail_is_polled_like_small_records_its_bytes_bounded_by_the_gate() -> None:
     raw = plan_buffers(GIB, CATALOGUE.normalize.sources)  # message-fetched: 64 MiB records
     small = plan_buffers(GIB, CATALOGUE.sync.sources)  # 1 MiB records, four topics
 
     assert (raw.largest_record, raw.partitions) == (64 * MIB, 6)
-    assert raw.buffer_events == 2  # faust's default of 4,096 could hold 256 GiB here
-    assert raw.poll_records == 1
-    assert raw.window_bytes == 384 * MIB  # six raw messages of the largest size, or 30,000 small
-    # Four agents (sync requests, discovered messages, and the backfill lane's two), a buffer
-    # and a window each.
+    # faust's defaults: the count is a backstop, polls of one record per 64 MiB are gone.
+    assert (raw.poll_records, raw.buffer_events) == (500, 4096)
+    # Six fetches of the largest size, a poll of as much, and two records over the limit.
+    assert (raw.fetched_bytes, raw.poll_bytes) == (384 * MIB, 384 * MIB)
+    assert raw.window_bytes == 128 * MIB  # two raw messages of the largest size, or 40,000 small
+    assert raw.worst_case_bytes == GIB
+    # Four agents (sync requests, discovered messages, and the backfill lane's two).
     assert (small.partitions, small.agents) == (24, 4)
-    assert (small.buffer_events, small.poll_records) == (62, 31)
     assert small.fetch_bytes == MIB
+    one = small.largest_record  # Kafka's default message.max.bytes
+    assert small.window_bytes == (GIB - 2 * 24 * one) // 4 - 2 * one
 
 
 def test_a_budget_too_small_for_the_largest_records_is_refused_with_what_would_do() -> None:
-    with pytest.raises(ValueError, match=r"INBOXFLOW_WORKER_BUFFER_BYTES\) to at least 738197504"):
-        plan_buffers(512 * MIB, CATALOGUE.normalize.sources)
+    needed = 384 * MIB + 384 * MIB + 3 * 64 * MIB
+    with pytest.raises(ValueError, match=rf"BUFFER_BYTES\) to at least {needed}$"):
+        plan_buffers(needed - 1, CATALOGUE.normalize.sources)
+    assert plan_buffers(needed, CATALOGUE.normalize.sources).window_bytes == 64 * MIB
 
 
 class IdleStage:
@@ -90,7 +96,7 @@ async def test_the_worker_app_is_configured_from_the_plan() -> None:
     )
     plan = plan_buffers(GIB, [CATALOGUE.message_fetched])
 
-    assert app.conf.stream_buffer_maxsize == plan.buffer_events == 2
+    assert app.conf.stream_buffer_maxsize == plan.buffer_events == 4096
     assert app.conf.consumer_max_fetch_size == plan.fetch_bytes  # max_partition_fetch_bytes
     assert app.conf.broker_max_poll_records == plan.poll_records
 
