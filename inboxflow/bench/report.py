@@ -21,7 +21,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +67,7 @@ class BenchOutcome:
     figures: Mapping[str, Any] = field(default_factory=dict)
     error: str = ""
     date: str = ""  # when it ran
+    cpu: str = ""  # the CPU model it ran on: kept figures may come from another machine
 
 
 @dataclass(frozen=True)
@@ -256,9 +257,13 @@ def run_entry(entry: BenchEntry, settings: Settings, scale: Scale) -> BenchOutco
     except Exception as exc:  # noqa: BLE001 - one bench failing must not lose the others
         seconds = round(time.monotonic() - started, 1)
         error = f"{type(exc).__name__}: {exc}"[:500]
-        return BenchOutcome(entry.name, "failed", command, about, seconds, budget, {}, error, date)
+        return BenchOutcome(
+            entry.name, "failed", command, about, seconds, budget, {}, error, date, _cpu_model()
+        )
     seconds = round(time.monotonic() - started, 1)
-    return BenchOutcome(entry.name, "ok", command, about, seconds, budget, figures, date=date)
+    return BenchOutcome(
+        entry.name, "ok", command, about, seconds, budget, figures, date=date, cpu=_cpu_model()
+    )
 
 
 def _now() -> str:
@@ -373,12 +378,16 @@ def render_markdown(*reports: BenchReport) -> str:
     for report in reports:
         lines += ["", f"# Scale `{report.scale}`"]
         for outcome in report.outcomes:
-            lines += ["", f"## {outcome.name}", "", *_outcome_lines(outcome, report.scale)]
+            # Outcomes from before the CPU was kept per bench ran on their report's machine.
+            known = replace(outcome, cpu=outcome.cpu or report.machine.get("cpu", ""))
+            lines += ["", f"## {outcome.name}", ""]
+            lines += _outcome_lines(known, report.scale, first.machine.get("cpu", ""))
     return "\n".join(lines) + "\n"
 
 
-def _outcome_lines(outcome: BenchOutcome, scale: Scale) -> list[str]:
-    when = f"Measured {outcome.date}. " if outcome.date else ""
+def _outcome_lines(outcome: BenchOutcome, scale: Scale, page_cpu: str = "") -> list[str]:
+    elsewhere = f" on another machine ({outcome.cpu})" if outcome.cpu not in ("", page_cpu) else ""
+    when = f"Measured {outcome.date}{elsewhere}. " if outcome.date else ""
     timing = f"{when}Took {outcome.seconds:.0f} s"
     if scale == "small":
         timing += f" (small-scale budget {outcome.budget_seconds:.0f} s)"

@@ -101,8 +101,8 @@ def test_markdown_has_machine_command_and_a_table_per_bench() -> None:
     assert "| rss_mib.agent-normalize | 114, 121 |" in page
     # A list of records becomes one row each, nested figures flattened into columns.
     assert "| processes | overall_emails_per_second | stages.normalize |" in page
-    assert "| 2 | 101 | 120 |"
-    assert "| 1 | 77.6 | 91.9 |" in page in page
+    assert "| 2 | 101 | 120 |" in page
+    assert "| 1 | 77.6 | 91.9 |" in page
     assert "Failed: `E: why`" in page
 
 
@@ -135,3 +135,18 @@ def test_a_partial_run_keeps_the_other_figures_and_the_page_shows_both_scales(
     assert page == render_markdown(small, large)
     assert page.index("# Scale `small`") < page.index("# Scale `large`") < page.index("## memory")
     assert "Alone: `memory large`. Measured " in page
+
+
+def test_figures_kept_from_another_machine_say_which(tmp_path: Path) -> None:
+    markdown = tmp_path / "benchmarks.md"
+    path = write_report(_report(), tmp_path, markdown)
+    data = json.loads(path.read_text())
+    data["outcomes"][1]["cpu"] = "Old CPU"  # "broken" ran on another machine
+    path.write_text(json.dumps(data))
+
+    write_report(_report("small", ("stages",)), tmp_path, markdown)
+
+    page = markdown.read_text()
+    stages, broken = page.split("## broken")
+    assert "on another machine" not in stages
+    assert "on another machine (Old CPU)." in broken
