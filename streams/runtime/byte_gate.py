@@ -37,6 +37,10 @@ class HeldWindow(Protocol):
     bytes: int
 
 
+class _NoWindow:
+    bytes = 0  # before the agent runs
+
+
 class Buffer(Protocol):
     """faust's buffer of an agent's events (an asyncio queue)."""
 
@@ -61,14 +65,14 @@ class ByteGate:
     def __init__(
         self,
         limit: int,
-        window: HeldWindow,
+        window: HeldWindow | None = None,
         *,
         held_gauge: Gauge | None = None,
         peak_gauge: Gauge | None = None,
         waits: Counter | None = None,
     ) -> None:
         self.limit = limit
-        self.window = window
+        self.window: HeldWindow = window if window is not None else _NoWindow()
         self.buffered = 0  # delivered into faust's buffer, not yet in the window
         self.peak = 0
         self.waits = 0
@@ -87,9 +91,15 @@ class ByteGate:
         """Bytes of the agent's records between delivery and ack."""
         return self.buffered + self.window.bytes
 
-    def watch(self, buffer: Buffer) -> None:
-        """Give the gate faust's buffer (the agent's channel queue) to check after a rebalance."""
+    def attach(self, window: HeldWindow, buffer: Buffer) -> None:
+        """Count ``window`` and check ``buffer`` (faust's, for the agent) from now on.
+
+        Called each time faust starts the agent (again, after a crash): a new run has a window
+        of its own, and what the last one held is no longer the agent's.
+        """
+        self.window = window
         self._buffer = buffer
+        self.changed()
 
     async def admit(self, size: int) -> None:
         """Return once a record of ``size`` bytes may go into faust's buffer, and count it."""

@@ -373,12 +373,10 @@ def _add_agent(
     stalls: StallTracker | None,
 ) -> None:
     ahead = batch.window_batches or WINDOW_EVENTS_PER_BATCH
-    window = TakenWindow(window_bytes, max_events=ahead * batch.size)
     labels = (runner.group.group_id, runner.stage.name)
     metrics = runner.metrics
     gate = ByteGate(
         window_bytes,
-        window,
         held_gauge=metrics.held_bytes.labels(*labels),
         peak_gauge=metrics.held_bytes_peak.labels(*labels),
         waits=metrics.delivery_waits.labels(*labels),
@@ -393,7 +391,8 @@ def _add_agent(
         # task cuts batches from it, so a batch is `batch.size` small records or as many large
         # ones as the budget allows, where faust's take() could only count them.
         manual = cast(faust.Stream[bytes], stream).noack()
-        gate.watch(cast(faust.ChannelT[bytes], stream.channel).queue)
+        window = TakenWindow(window_bytes, max_events=ahead * batch.size)
+        gate.attach(window, cast(faust.ChannelT[bytes], stream.channel).queue)
         batches = asyncio.create_task(_run_batches(window, manual, runner, batch, stalls, gate))
         try:
             async for event in manual.events():

@@ -114,8 +114,8 @@ async def test_bytes_faust_dropped_at_a_rebalance_are_forgotten(
 ) -> None:
     monkeypatch.setattr(byte_gate, "RESYNC_SECONDS", 0.01)
     queue = Queue(size=4)
-    gate = ByteGate(1000, Window())
-    gate.watch(queue)
+    gate = ByteGate(1000)
+    gate.attach(Window(), queue)
     for _ in range(4):
         await gate.admit(250)
     delivery = asyncio.create_task(gate.admit(250))
@@ -130,8 +130,8 @@ async def test_a_resync_keeps_the_record_the_reader_holds(monkeypatch: pytest.Mo
     monkeypatch.setattr(byte_gate, "RESYNC_SECONDS", 0.01)
     queue = Queue(size=0)
     window = Window(bytes=900)  # full of taken records the stage is working on
-    gate = ByteGate(1000, window)
-    gate.watch(queue)
+    gate = ByteGate(1000)
+    gate.attach(window, queue)
     await gate.admit(200)  # the reader takes it from faust and waits for room in the window
     gate.reading(200)
     delivery = asyncio.create_task(gate.admit(50))
@@ -182,3 +182,14 @@ async def test_the_topic_and_the_clones_agents_iterate_deliver_through_the_gate(
 
     assert event.value == b"v" * 10
     assert gate.held == 11 + EVENT_OVERHEAD_BYTES
+
+
+async def test_an_agent_started_again_counts_its_new_window_not_the_last_one() -> None:
+    crashed = Window(bytes=1000)  # taken by a run that crashed: never released
+    gate = ByteGate(1000, crashed)
+    delivery = asyncio.create_task(gate.admit(100))
+    assert await waiting(delivery)
+
+    gate.attach(Window(), Queue())  # faust starts the agent again
+    await asyncio.wait_for(delivery, 1)
+    assert gate.held == 100
