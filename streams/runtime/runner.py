@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 BREAKER_MAX_WAIT = 30.0  # seconds a batch waits on an open breaker before going ahead
 AFTER_PUBLISH_RETRY_SECONDS = 60.0  # how long a failing after-publish step is retried
+# A first attempt says `processing` only once it has run this long: the jobs sink would fold a
+# quicker one into its `done` anyway, and the state cost a record per job (a fifth to a half of
+# the job-state traffic). Retries say it at once: an operator watches those.
+PROCESSING_STATE_AFTER = 1.0
 
 
 class StageRunner:
@@ -60,7 +64,10 @@ class StageRunner:
         breakers: BreakerRegistry | None = None,
         metrics: AgentMetrics | None = None,
         serde: Serde | None = None,
+        processing_state_after: float = PROCESSING_STATE_AFTER,
     ) -> None:
+        """``processing_state_after``: seconds a first attempt runs before its jobs say
+        ``processing`` (0: at once)."""
         # The deployment's serde encodes job states like every other event (Confluent framing
         # with a registry); without one, single-object encoding.
         self.serde = serde or serde_for(None)
@@ -73,6 +80,7 @@ class StageRunner:
         self.policy = policy or RetryPolicy.default()
         self.clock = clock
         self.ladder = group.retry_tiers
+        self.processing_state_after = processing_state_after
 
     async def run(self, records: Sequence[Record]) -> None:
         """Process records (any partitions), keeping each partition's order; publish the results.
@@ -122,14 +130,8 @@ class StageRunner:
         await self._wait_for(breakers)
         refs = [self._job_of(record) for record in records]
         attempts = [attempts_so_far(record) + 1 for record in records]
-        starts = [
-            self._state(ref, JobStatus.PROCESSING, n, self.clock())
-            for ref, n in zip(refs, attempts, strict=True)
-            if ref is not None
-        ]
-        started = await self._send_best_effort(starts)
         processing_at = time.perf_counter()
-        outcomes = await self._process(records)
+        outcomes, started = await self._process_saying_so(records, refs, attempts)
         self.metrics.process_seconds.labels(self.group.group_id, self.stage.name).observe(
             time.perf_counter() - processing_at
         )
@@ -150,6 +152,34 @@ class StageRunner:
         self.metrics.batch_seconds.labels(self.group.group_id, self.stage.name).observe(
             time.perf_counter() - started_at
         )
+
+    async def _process_saying_so(
+        self, records: list[Record], refs: list[JobRef | None], attempts: list[int]
+    ) -> tuple[list[Outcome], list[asyncio.Future[object]]]:
+        """Run the stage; the jobs say `processing` at once for retries, later for first tries.
+
+        Returns the outcomes and the sends of the `processing` states (to settle before the
+        final states go out, so a job's states reach Kafka in order).
+        """
+        now = self.clock()  # a late `processing` state still says when the work began
+        jobs = [(ref, n) for ref, n in zip(refs, attempts, strict=True) if ref is not None]
+        late = self.processing_state_after > 0
+        at_once = [(ref, n) for ref, n in jobs if n > 1 or not late]
+        later = [(ref, n) for ref, n in jobs if n == 1 and late]
+
+        def states(of: list[tuple[JobRef, int]]) -> list[Outgoing]:
+            return [self._state(ref, JobStatus.PROCESSING, n, now) for ref, n in of]
+
+        started = await self._send_best_effort(states(at_once)) if at_once else []
+        work = asyncio.ensure_future(self._process(records))
+        try:
+            if later:
+                finished, _ = await asyncio.wait({work}, timeout=self.processing_state_after)
+                if not finished:
+                    started += await self._send_best_effort(states(later))
+            return await work, started
+        finally:
+            work.cancel()  # only if the caller was cancelled: the stage's work is then unwanted
 
     async def _send_best_effort(self, records: list[Outgoing]) -> list[asyncio.Future[object]]:
         # `processing` states are informative: one that Kafka refuses is dropped, never retried

@@ -102,7 +102,10 @@ class RaisingStage(ScriptedStage):
         raise TransientError("database restarting")
 
 
-def runner(stage: Stage, publisher: MemoryPublisher) -> StageRunner:
+def runner(
+    stage: Stage, publisher: MemoryPublisher, *, processing_state_after: float = 0
+) -> StageRunner:
+    """A runner whose jobs say `processing` at once (unless told to wait), as they did always."""
     return StageRunner(
         stage,
         GROUP,
@@ -110,6 +113,7 @@ def runner(stage: Stage, publisher: MemoryPublisher) -> StageRunner:
         publisher=publisher,
         clock=lambda: NOW,
         metrics=AgentMetrics(CollectorRegistry()),
+        processing_state_after=processing_state_after,
     )
 
 
@@ -535,6 +539,96 @@ async def test_a_retriable_publish_failure_is_retried_until_acked(
         and decode(r.value, JobStateChanged).subject_id == "a"
     )
     assert written.index((OUTPUT, b"out:a")) < done_a
+
+
+class SlowStage(ScriptedStage):
+    """Works until ``release`` is set; notes when it began and whether it was cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=60)
+        self.release = asyncio.Event()
+        self.began = False
+        self.cancelled = False
+
+    async def process(self, records: Sequence[Record]) -> list[Outcome]:
+        self.began = True
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        return await super().process(records)
+
+
+async def test_a_quick_first_attempt_goes_from_queued_straight_to_done() -> None:
+    publisher = MemoryPublisher()
+    await runner(ScriptedStage(), publisher, processing_state_after=30).run([record(7, b"m-1")])
+
+    assert [r.topic for r in publisher.records] == [OUTPUT, JOBS]
+    assert [s.status for s in states(publisher)] == [JobStatus.DONE]
+
+
+async def test_a_long_first_attempt_says_processing_dated_when_it_began() -> None:
+    publisher = MemoryPublisher()
+    stage = SlowStage()
+    times = [NOW]
+    slow = StageRunner(
+        stage,
+        GROUP,
+        job_topic=JOBS,
+        publisher=publisher,
+        clock=lambda: times[0],
+        metrics=AgentMetrics(CollectorRegistry()),
+        processing_state_after=0.05,
+    )
+    run = asyncio.create_task(slow.run([record(7, b"m-1")]))
+    await async_wait_until(lambda: stage.began, timeout=5, message="the stage at work")
+    times[0] = NOW + 5
+
+    await async_wait_until(lambda: states(publisher), timeout=5, message="a processing state")
+    stage.release.set()
+    await asyncio.wait_for(run, 5)
+
+    processing, done = states(publisher)
+    assert (processing.status, done.status) == (JobStatus.PROCESSING, JobStatus.DONE)
+    assert processing.occurred_at.timestamp() == NOW
+    assert done.occurred_at.timestamp() == NOW + 5
+    assert processing.version < done.version
+
+
+async def test_a_retry_says_processing_at_once() -> None:
+    failed_once = (
+        (h.ORIGINAL_TOPIC, SOURCE.encode()),
+        (h.ORIGINAL_PARTITION, b"0"),
+        (h.ORIGINAL_OFFSET, b"7"),
+        (h.FIRST_FAILURE_TIMESTAMP, b"1000"),
+        (h.ATTEMPTS, b"1"),
+        (h.ERROR_CLASS, b"transient"),
+        (h.DUE_TIMESTAMP, b"1"),
+    )
+    retried = record(3, b"m-1", topic=TIERS[0], headers=failed_once)
+    publisher = MemoryPublisher()
+    await runner(ScriptedStage(), publisher, processing_state_after=30).run([retried])
+
+    assert [(s.status, s.attempts) for s in states(publisher)] == [
+        (JobStatus.PROCESSING, 2),
+        (JobStatus.DONE, 2),
+    ]
+
+
+async def test_a_batch_cancelled_before_it_said_processing_stops_the_stage() -> None:
+    publisher = MemoryPublisher()
+    stage = SlowStage()
+    run = asyncio.create_task(
+        runner(stage, publisher, processing_state_after=30).run([record(7, b"m-1")])
+    )
+    await async_wait_until(lambda: stage.began, timeout=5, message="the stage at work")
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+
+    await async_wait_until(lambda: stage.cancelled, timeout=5, message="the stage cancelled")
+    assert publisher.records == []
 
 
 async def test_processing_states_are_best_effort_when_kafka_refuses_them() -> None:

@@ -81,6 +81,7 @@ async def _job_state_values(serde: Serde | None) -> list[bytes]:
         clock=lambda: NOW,
         metrics=AgentMetrics(CollectorRegistry()),
         serde=serde,
+        processing_state_after=0,  # every kind of job state, `processing` included
     )
     await runner.run([Record(CATALOGUE.message_fetched.name, 0, 3, 0, b"user-1", b"m-1")])
     return [record.value for record in publisher.on(JOBS)]

@@ -94,6 +94,7 @@ def run_with(stage: Stage, group: ConsumerGroup, publisher: MemoryPublisher) -> 
         publisher=publisher,
         clock=lambda: NOW,
         metrics=AgentMetrics(CollectorRegistry()),
+        processing_state_after=0,  # every job says `processing` first
     )
 
 
