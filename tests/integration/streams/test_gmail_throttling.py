@@ -41,10 +41,12 @@ async def test_sustained_sync_runs_near_the_ceiling_without_early_requests(
     assert len(outcomes) == 220
     assert seen.early_requests == 0
     steady = seen.steady_units_per_second(USER, skip_seconds=WINDOW)
-    # Arrival times are taken by the emulator's thread in this process, so a starved thread
-    # skews them by a few percent; Google's own verdict (throttles) is the strict check.
+    # Near the ceiling: the client uses the quota it has.
     assert steady >= 0.9 * quota.user_units_per_second, steady
-    assert steady <= 1.1 * quota.user_units_per_second, steady
+    # Not over it: Google's own verdict, the emulator's throttles. The rate read from arrival
+    # times is no check on that side: the emulator's thread takes them in this process, and
+    # starved on a loaded machine it once took a burst late and read 17 % over the ceiling
+    # (a late burst can only add throttles, never hide a client that goes too fast).
     assert seen.throttled_total <= 2
 
 
