@@ -22,6 +22,7 @@ from tests.integration.conftest import EmulatorFactory
 USER = "quota@inboxflow.test"
 WINDOW = 1.0  # a "minute" of one second
 UNITS = 1000  # per user per window: 50 messages.get per second in the 2026 table
+MESSAGES = 550  # 11,000 units: about 11 s at the ceiling
 
 
 async def test_sustained_sync_runs_near_the_ceiling_without_early_requests(
@@ -29,7 +30,7 @@ async def test_sustained_sync_runs_near_the_ceiling_without_early_requests(
 ) -> None:
     quota = QuotaConfig(window_seconds=WINDOW, user_units_per_window=UNITS)
     emu = gmail_emulator_factory(quota=quota)
-    emu.add_user(USER, messages=220, seed=3)
+    emu.add_user(USER, messages=MESSAGES, seed=3)
     config = GmailClientConfig(api_root=emu.url, window_seconds=WINDOW, user_units_per_window=UNITS)
     client = GmailClient(config)
     try:
@@ -38,15 +39,15 @@ async def test_sustained_sync_runs_near_the_ceiling_without_early_requests(
     finally:
         client.close()
     seen = emu.accounting
-    assert len(outcomes) == 220
+    assert len(outcomes) == MESSAGES
     assert seen.early_requests == 0
-    steady = seen.steady_units_per_second(USER, skip_seconds=WINDOW)
-    # Near the ceiling: the client uses the quota it has.
+    # Arrival times are taken by the emulator's thread in this process, and a thread starved on
+    # a loaded machine records a burst late: the first window's burst, recorded past a skip of
+    # one window, once read 17 % over the ceiling on a 3 s run. Two windows skipped and a 9 s
+    # run keep such a slip a few percent; Google's own verdict (throttles) is the strict check.
+    steady = seen.steady_units_per_second(USER, skip_seconds=2 * WINDOW)
     assert steady >= 0.9 * quota.user_units_per_second, steady
-    # Not over it: Google's own verdict, the emulator's throttles. The rate read from arrival
-    # times is no check on that side: the emulator's thread takes them in this process, and
-    # starved on a loaded machine it once took a burst late and read 17 % over the ceiling
-    # (a late burst can only add throttles, never hide a client that goes too fast).
+    assert steady <= 1.1 * quota.user_units_per_second, steady
     assert seen.throttled_total <= 2
 
 
