@@ -99,6 +99,7 @@ class ByteGate:
         """
         self.window = window
         self._buffer = buffer
+        self._in_hand = 0  # the last run's reader is gone, and the record it held with it
         self.changed()
 
     async def admit(self, size: int) -> None:
