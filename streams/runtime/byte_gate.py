@@ -80,7 +80,6 @@ class ByteGate:
         self._room = asyncio.Event()
         self._room.set()
         self._buffer: Buffer | None = None
-        self._held_gauge = held_gauge
         self._peak_gauge = peak_gauge
         self._waits_counter = waits
         if held_gauge is not None:
