@@ -94,7 +94,12 @@ class BenchReport:
     def merged_over(self, earlier: BenchReport) -> BenchReport:
         """This report, plus the benches of ``earlier`` (same scale) it did not run again."""
         ran = {outcome.name for outcome in self.outcomes}
-        kept = [outcome for outcome in earlier.outcomes if outcome.name not in ran]
+        # A kept outcome ran on the earlier report's machine; this report names its own.
+        kept = [
+            replace(outcome, cpu=outcome.cpu or earlier.machine.get("cpu", ""))
+            for outcome in earlier.outcomes
+            if outcome.name not in ran
+        ]
         order = {entry.name: index for index, entry in enumerate(REGISTRY)}
         outcomes = sorted([*kept, *self.outcomes], key=lambda o: order.get(o.name, len(order)))
         return BenchReport(self.scale, self.command, self.date, self.machine, tuple(outcomes))

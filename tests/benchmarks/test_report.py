@@ -150,3 +150,21 @@ def test_figures_kept_from_another_machine_say_which(tmp_path: Path) -> None:
     stages, broken = page.split("## broken")
     assert "on another machine" not in stages
     assert "on another machine (Old CPU)." in broken
+
+
+def test_figures_kept_from_before_the_cpu_was_recorded_name_their_report_machine(
+    tmp_path: Path,
+) -> None:
+    markdown = tmp_path / "benchmarks.md"
+    path = write_report(_report(), tmp_path, markdown)
+    data = json.loads(path.read_text())
+    data["machine"]["cpu"] = "Old CPU"  # a run on another machine, before outcomes kept a CPU
+    for outcome in data["outcomes"]:
+        del outcome["cpu"]
+    path.write_text(json.dumps(data))
+
+    write_report(_report("small", ("stages",)), tmp_path, markdown)
+
+    stages, broken = markdown.read_text().split("## broken")
+    assert "on another machine" not in stages
+    assert "on another machine (Old CPU)." in broken
