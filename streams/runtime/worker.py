@@ -415,8 +415,8 @@ async def _run_batches(
     stream: faust.StreamT[bytes],
     runner: StageRunner,
     batch: BatchConfig,
-    stalls: StallTracker | None = None,
-    gate: ByteGate | None = None,
+    stalls: StallTracker | None,
+    gate: ByteGate,
 ) -> None:
     """Run batches from the window, in order, acking each once its results are safe."""
     try:
@@ -429,8 +429,7 @@ async def _run_batches(
                 if stalls is not None:
                     stalls.progressed(event.message.topic, event.message.partition, 1)
             await window.release(taken)
-            if gate is not None:
-                gate.changed()
+            gate.changed()
     except BaseException as exc:
         await window.close(exc)
         raise
