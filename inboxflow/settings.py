@@ -236,7 +236,12 @@ class Settings(BaseSettings):
         description="Most backfill messages one sync worker fetches a second, over all users: "
         "the backfill's share of downstream capacity (normalize, extract, embed, insight).",
     )
-    batch_size: int = Field(100, description="Records an agent takes at once.")
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Records an agent takes at once. Unset: 500 for normalize and extract, "
+        "whose work is local CPU, 100 for the agents that call Gmail or a model API.",
+    )
     batch_wait: float = Field(0.2, description="Seconds an agent waits to fill a batch.")
     sync_max_staleness: float = Field(
         900.0,

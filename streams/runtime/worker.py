@@ -337,6 +337,19 @@ def build_worker_app(
             finally:
                 relay_done.set()
 
+        @Service.task
+        async def _warm(self) -> None:
+            # Stages that compute in worker processes start them beside faust's own start-up,
+            # not when the first batch arrives: a spawned worker imports for half a second.
+            for stage in stages.values():
+                warm = getattr(stage, "warm", None)
+                if warm is None:
+                    continue
+                try:
+                    await warm()
+                except Exception:  # the first batch starts them, or fails and retries
+                    log.warning("warming up failed group=%s", group.group_id, exc_info=True)
+
         @Service.timer(TICK_SECONDS)
         async def _tick(self) -> None:
             # Periodic work of stages that have some (insight emission after a burst).

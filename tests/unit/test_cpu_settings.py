@@ -1,6 +1,6 @@
-"""The settings for CPU workers, embed limits and the buffer budget, as the stages receive them.
+"""The settings for CPU workers, batches, embed limits and the buffer budget, as stages get them.
 
-Stages are built, not run: no process starts and nothing connects.
+Stages are built, not run: nothing connects, and no process starts unless a test warms a pool.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 import pytest
 
 from inboxflow.settings import Settings
-from inboxflow.wiring import Resources, build_stages, catalogue_from
+from inboxflow.wiring import AGENTS, Resources, batch_size_for, build_stages, catalogue_from
 from streams.stages.embed import EmbedStage
 from streams.stages.embedding import LocalEmbeddingProvider
 from streams.stages.normalize import NormalizeStage
@@ -57,3 +57,36 @@ def test_a_worker_count_below_one_is_refused(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("INBOXFLOW_CPU_WORKERS", "0")
     with pytest.raises(ValueError, match="cpu_workers"):
         Settings()
+
+
+def test_agents_doing_local_cpu_work_take_larger_batches_unless_the_environment_says() -> None:
+    sizes = {agent: batch_size_for(agent, Settings()) for agent in AGENTS}
+
+    assert sizes == {"sync": 100, "normalize": 500, "extract": 500, "embed": 100, "insight": 100}
+
+
+def test_one_batch_size_from_the_environment_applies_to_every_agent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("INBOXFLOW_BATCH_SIZE", "40")
+    settings = Settings()
+
+    assert {batch_size_for(agent, settings) for agent in AGENTS} == {40}
+
+
+async def test_warming_the_normalize_stage_starts_its_pool_before_any_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("INBOXFLOW_CPU_WORKERS", "1")
+    settings = Settings()
+    resources = Resources.from_settings(settings)
+    try:
+        [normalize] = build_stages("normalize", catalogue_from(settings), resources).values()
+        assert isinstance(normalize, NormalizeStage)
+        assert resources.cpu_pool.pids() == []
+
+        await normalize.warm()
+
+        assert len(resources.cpu_pool.pids()) == 1
+    finally:
+        await resources.close()
