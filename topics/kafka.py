@@ -46,6 +46,12 @@ log = logging.getLogger(__name__)
 # The largest record a topic accepts (message-fetched: raw mail with attachments, see
 # ``topics.catalogue``) plus room for headers. Every producer may send that much.
 MAX_REQUEST_BYTES = 64 * 1024 * 1024 + 64 * 1024
+# A partition's records go out in batches of up to this much (aiokafka's default is 16 KiB). A
+# normalize batch of 500 messages writes about 250 KiB of events per partition: in 16 KiB batches
+# each waits for the one before it to leave, one request at a time. With 256 KiB the normalize
+# agent went from 2,163 to 2,408 messages/s (the batched aiokafka peer, same client options,
+# from 2,168 to 2,373). Memory: at most a batch per partition being written, built as it fills.
+PRODUCER_BATCH_BYTES = 256 * 1024
 # Bounds memory per partition, not record size: a fetch still returns at least one whole batch
 # however large (KIP-74), so a 64 MiB record is read all the same.
 MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
@@ -258,6 +264,7 @@ class KafkaClients:
             "acks": "all",
             "enable_idempotence": True,
             "linger_ms": 5,
+            "max_batch_size": PRODUCER_BATCH_BYTES,
             "max_request_size": MAX_REQUEST_BYTES,
             **overrides,
         }
