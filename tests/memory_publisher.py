@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from aiokafka.errors import KafkaError
+
 from streams.runtime.stage import Outgoing
 
 
@@ -64,6 +66,18 @@ class MemoryPublisher:
                 future.set_exception(refusal.error())
             futures.append(future)
         return futures
+
+    async def send_groups(
+        self, groups: Sequence[Sequence[Outgoing]]
+    ) -> list[list[asyncio.Future[object]] | KafkaError]:
+        """``send`` each group in turn; a group whose send raises gets the KafkaError."""
+        sent: list[list[asyncio.Future[object]] | KafkaError] = []
+        for group in groups:
+            try:
+                sent.append(await self.send(group))
+            except KafkaError as exc:
+                sent.append(exc)
+        return sent
 
     async def publish(self, records: Sequence[Outgoing]) -> None:
         """Record ``records`` in order (acknowledged at once)."""

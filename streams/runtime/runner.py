@@ -418,23 +418,27 @@ class StageRunner:
 
     async def _publish_each(self, items: list[_Pending], wave: _Wave) -> list[KafkaError | None]:
         """Send every item's records of ``wave`` in order; return each item's first Kafka error."""
-        sent: list[list[asyncio.Future[object]] | KafkaError] = []
-        for item in items:
-            try:
-                sent.append(await self.publisher.send(item.wave(wave)))
-            except KafkaError as exc:  # refused before queueing (too large, buffer timeout)
-                sent.append(exc)
+        # An item refused before queueing (too large, buffer timeout) gets its KafkaError.
+        sent = await self.publisher.send_groups([item.wave(wave) for item in items])
         # One wait for the whole wave: a gather per source record costs more than its records.
-        queued = [
-            future for futures in sent if not isinstance(futures, KafkaError) for future in futures
-        ]
-        results = iter(await asyncio.gather(*queued, return_exceptions=True))
+        # Items share their batches' futures: each is awaited once.
+        queued = list(
+            dict.fromkeys(
+                future
+                for futures in sent
+                if not isinstance(futures, KafkaError)
+                for future in futures
+            )
+        )
+        acked = dict(
+            zip(queued, await asyncio.gather(*queued, return_exceptions=True), strict=True)
+        )
         errors: list[KafkaError | None] = []
         for futures in sent:
             if isinstance(futures, KafkaError):
                 errors.append(futures)
                 continue
-            mine = [next(results) for _ in futures]
+            mine = [acked[future] for future in futures]
             failure = next((r for r in mine if isinstance(r, BaseException)), None)
             if failure is not None and not isinstance(failure, KafkaError):
                 raise failure
