@@ -40,7 +40,9 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import threading
+import types
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -314,7 +316,7 @@ class CpuPool:
             name=f"{self.name}-worker",
             daemon=True,
         )
-        process.start()
+        _start_without_main(process)
         child.close()
         worker = _Worker(process, parent)
         with self._live_lock:
@@ -336,6 +338,28 @@ class CpuPool:
         with self._live_lock:
             self._live.discard(worker)
         worker.discard()
+
+
+_MAIN_SWAP = threading.Lock()
+
+
+def _start_without_main(process: BaseProcess) -> None:
+    """Start ``process`` without its re-running this program's main script first.
+
+    A spawned child imports the parent's ``__main__`` (to find functions pickled from it) unless
+    that is a package's ``__main__`` module. Run as the ``inboxflow`` console script, that was
+    the whole command line (12 MiB more per worker, measured); a worker needs none of it: it
+    runs ``_serve`` from this module and imports its ``preload``. ``multiprocessing`` offers no
+    switch, so the child is started while ``__main__`` is an empty module (the lock keeps two
+    starts from restoring each other's stand-in).
+    """
+    with _MAIN_SWAP:
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            process.start()
+        finally:
+            sys.modules["__main__"] = main
 
 
 def _unpickle(answer: bytes) -> Any:
