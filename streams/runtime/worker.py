@@ -30,6 +30,7 @@ from schemas.errors import InboxflowError
 from schemas.serde import Serde
 from streams.runtime.app import create_app
 from streams.runtime.byte_gate import ByteGate, GatedTopic, message_bytes
+from streams.runtime.heap import IdleTrim
 from streams.runtime.liveness import StallTracker
 from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.retry_relay import RetryRelay
@@ -41,6 +42,7 @@ from topics.kafka import KafkaClients
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
+TRIM_SECONDS = 5.0  # how often an idle worker checks for free memory to give back
 RELAY_STOP_SECONDS = 60.0
 
 
@@ -313,9 +315,13 @@ def build_worker_app(
         )
         for topic, stage in stages.items()
     }
+    gates: list[ByteGate] = []
+    trim = IdleTrim(gates)
     for topic_name, runner in runners.items():
         topic_batch = (topic_batches or {}).get(topic_name, batch)
-        _add_agent(app, topic_name, runner, topic_batch, plan.window_bytes, stalls)
+        gates.append(
+            _add_agent(app, topic_name, runner, topic_batch, plan.window_bytes, stalls, trim)
+        )
     relay = RetryRelay(
         kafka=kafka,
         group_id=group.retry_group_id,
@@ -339,8 +345,13 @@ def build_worker_app(
 
         @Service.task
         async def _warm(self) -> None:
-            # Stages that compute in worker processes start them beside faust's own start-up,
-            # not when the first batch arrives: a spawned worker imports for half a second.
+            # The producer connects, and stages that compute in worker processes start them,
+            # now rather than when the first batch arrives: a spawned worker imports for half a
+            # second, a producer asks the broker for an id.
+            try:
+                await publisher.start()
+            except Exception:  # the first send starts it, or fails and retries
+                log.warning("starting the producer failed group=%s", group.group_id, exc_info=True)
             for stage in stages.values():
                 warm = getattr(stage, "warm", None)
                 if warm is None:
@@ -349,6 +360,10 @@ def build_worker_app(
                     await warm()
                 except Exception:  # the first batch starts them, or fails and retries
                     log.warning("warming up failed group=%s", group.group_id, exc_info=True)
+
+        @Service.timer(TRIM_SECONDS)
+        async def _release_memory(self) -> None:
+            await trim.maybe_release()
 
         @Service.timer(TICK_SECONDS)
         async def _tick(self) -> None:
@@ -384,7 +399,8 @@ def _add_agent(
     batch: BatchConfig,
     window_bytes: int,
     stalls: StallTracker | None,
-) -> None:
+    trim: IdleTrim,
+) -> ByteGate:
     ahead = batch.window_batches or WINDOW_EVENTS_PER_BATCH
     labels = (runner.group.group_id, runner.stage.name)
     metrics = runner.metrics
@@ -406,7 +422,9 @@ def _add_agent(
         manual = cast(faust.Stream[bytes], stream).noack()
         window = TakenWindow(window_bytes, max_events=ahead * batch.size)
         gate.attach(window, cast(faust.ChannelT[bytes], stream.channel).queue)
-        batches = asyncio.create_task(_run_batches(window, manual, runner, batch, stalls, gate))
+        batches = asyncio.create_task(
+            _run_batches(window, manual, runner, batch, stalls, gate, trim.worked)
+        )
         try:
             async for event in manual.events():
                 if stalls is not None:  # waiting from now: in faust's hands, then the window
@@ -421,6 +439,7 @@ def _add_agent(
                 await batches
 
     app.agent(topic, name=f"{runner.group.agent}.{runner.stage.name}", concurrency=1)(agent)
+    return gate
 
 
 async def _run_batches(
@@ -430,6 +449,7 @@ async def _run_batches(
     batch: BatchConfig,
     stalls: StallTracker | None,
     gate: ByteGate,
+    on_batch: Callable[[], None],
 ) -> None:
     """Run batches from the window, in order, acking each once its results are safe."""
     try:
@@ -443,6 +463,7 @@ async def _run_batches(
                     stalls.progressed(event.message.topic, event.message.partition, 1)
             await window.release(taken)
             gate.changed()
+            on_batch()
     except BaseException as exc:
         await window.close(exc)
         raise
