@@ -52,7 +52,6 @@ class IdleTrim:
 
     def __init__(self, windows: Sequence[_Held]) -> None:
         self.windows = windows
-        self.trims = 0
         self._worked = False
 
     def worked(self) -> None:
@@ -65,6 +64,4 @@ class IdleTrim:
             return False
         self._worked = False
         # On a thread: trimming a large heap takes milliseconds, the event loop serves meanwhile.
-        released = await asyncio.to_thread(release_free_memory)
-        self.trims += released
-        return released
+        return await asyncio.to_thread(release_free_memory)

@@ -189,8 +189,8 @@ class _Batches:
         self._errors[group] = self._errors[group] or error
 
     async def append(self, group: int, record: Outgoing) -> None:
-        headers = list(record.headers)
-        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(record.key, record.value, headers)
+        key, value, headers = record.key, record.value, list(record.headers)
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
         if size > MAX_REQUEST_BYTES:  # the producer's max_request_size: refused as send would
             raise MessageSizeTooLargeError(
                 f"The message is {size} bytes when serialized, more than the producer's "
@@ -198,13 +198,13 @@ class _Batches:
             )
         where = (record.topic, await self._partition(record))
         builder, groups = self._open.get(where) or self._new(where)
-        if builder.append(key=record.key, value=record.value, timestamp=None, headers=headers):
+        if builder.append(key=key, value=value, timestamp=None, headers=headers) is not None:
             if not groups or groups[-1] != group:
                 groups.append(group)
             return
         await self._submit(where)  # full: hand it over and start the next (takes any record)
         builder, groups = self._new(where)
-        builder.append(key=record.key, value=record.value, timestamp=None, headers=headers)
+        builder.append(key=key, value=value, timestamp=None, headers=headers)
         groups.append(group)
 
     async def submit_all(self) -> list[list[asyncio.Future[object]] | KafkaError]:
