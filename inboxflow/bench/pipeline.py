@@ -332,7 +332,7 @@ async def _ceiling(count: int, registry_url: str) -> CeilingResult:
     return CeilingResult(**json.loads(stdout))
 
 
-async def _create_group_coordinator(kafka: KafkaClients, topic: str) -> None:
+async def _create_offsets_topic(kafka: KafkaClients, topic: str) -> None:
     """Join and commit once with a throwaway group, before any side is timed.
 
     On a fresh cluster the first group makes Kafka create ``__consumer_offsets`` (50 partitions),
@@ -381,7 +381,7 @@ async def run_pipeline_bench(
         await ensure_topics(kafka, catalogue.topics)
         await _produce(kafka, catalogue.message_fetched.name, events, serde)
 
-    await _create_group_coordinator(kafka, catalogues["inboxflow"].message_fetched.name)
+    await _create_offsets_topic(kafka, catalogues["inboxflow"].message_fetched.name)
     ours = catalogues["inboxflow"]
     worker = [sys.executable, "-m", "inboxflow", "worker", "--agent", "normalize"]
     inboxflow = await _run_side(
