@@ -69,6 +69,8 @@ class Serde(Protocol):
 def _write_body(known: KnownSchema, fields: Mapping[str, Any]) -> bytes:
     buffer = io.BytesIO()
     try:
+        if known.flat is not None:
+            return known.flat(fields)
         schemaless_writer(buffer, known.parsed, fields, strict=True)
     except (ValueError, TypeError, KeyError) as exc:
         # A model that validated but does not fit its schema is a bug in models.py / the .avsc.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -20,6 +20,7 @@ from typing import Any
 from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from schemas.flat_writer import flat_writer
 from schemas.models import EVENT_MODELS, Event
 
 Schema = dict[str, Any]
@@ -87,12 +88,16 @@ class KnownSchema:
     schema: Schema
     parsed: Any  # fastavro's parsed form, built once
     fingerprint: bytes  # 8-byte CRC-64-AVRO, computed once
+    # The fast writer of a flat record schema (``schemas.flat_writer``); None: fastavro writes.
+    flat: Callable[[Mapping[str, Any]], bytes] | None = None
 
 
 def _known(model: type[Event], full_name: str, version: int | None, schema: Schema) -> KnownSchema:
     # A fresh named_schemas per schema: versions of one record redefine the same nested names.
     parsed = parse_schema(schema, named_schemas={})
-    return KnownSchema(model, full_name, version, schema, parsed, schema_fingerprint(schema))
+    fingerprint = schema_fingerprint(schema)
+    flat = flat_writer(parsed) if isinstance(parsed, dict) else None
+    return KnownSchema(model, full_name, version, schema, parsed, fingerprint, flat)
 
 
 class SchemaStore:

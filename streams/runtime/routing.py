@@ -9,8 +9,6 @@ key, value bytes and original headers byte-identical; ``schemas.headers`` contex
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 from schemas import headers as h
 from schemas.errors import Decision, Failure, RetryClass
 from schemas.models import JobKind, JobStateChanged, JobStatus
@@ -30,7 +28,6 @@ PHASE_WEIGHT = 1_000_000
 DONE_IN_PHASE = PHASE_WEIGHT - 1
 _MAX_ATTEMPT = PHASE_WEIGHT // 10 - 2  # keeps every non-done version below DONE_IN_PHASE
 _INT32_MAX = 2**31 - 1
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RANK = {
     JobStatus.QUEUED: 0,
     JobStatus.PROCESSING: 1,
@@ -75,8 +72,9 @@ def job_state(
         TransientError: ``serde`` needs a schema registry that cannot be reached (retry later).
     """
     # Five states per message go through here, so no model is built: every value is ours and
-    # typed, the Avro writer checks each field, and the two rules validation would apply are
-    # applied here (attempts fit an Avro int; the time is cut to whole milliseconds).
+    # typed, the Avro writer checks each field (``schemas.flat_writer``: 4 against fastavro's
+    # 16 us), and the two rules validation would apply are applied here (attempts fit an Avro
+    # int; the time is whole milliseconds).
     fields = {
         "user_id": ref.user_id,
         "job_id": job_id(kind, ref),
@@ -88,7 +86,7 @@ def job_state(
         "last_error": failure.message if failure else None,
         "last_error_class": failure.retry_class.value if failure else None,
         "version": job_version(attempt, status, phase),
-        "occurred_at": _EPOCH + timedelta(milliseconds=int(now * 1000)),
+        "occurred_at": int(now * 1000),  # timestamp-millis takes the long as it is
     }
     return Outgoing(topic, ref.user_id.encode(), serde.encode_fields(JobStateChanged, fields))
 
