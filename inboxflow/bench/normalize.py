@@ -3,7 +3,7 @@
 Three figures on the same generated messages (``generate_messages``, realistic MIME, about
 3 KB each):
 
-- **one core**: ``streams.stages.mime.normalized_event`` called in a loop on this process;
+- **one core**: ``streams.stages.mime.normalized_body`` called in a loop on this process;
 - **pool of N**: the same messages through a :class:`streams.runtime.cpu_pool.CpuPool` of N
   worker processes, as the normalize stage sends them (``normalize_in_pool``: chunks of several
   messages per call, all submitted at once), for each N asked for;
@@ -33,7 +33,7 @@ from typing import Any
 from inboxflow.bench.pipeline import fetched_events
 from schemas.models import GmailMessageFetched
 from streams.runtime.cpu_pool import CpuPool
-from streams.stages.mime import normalized_event
+from streams.stages.mime import RawMessage, normalized_body
 from streams.stages.normalize import normalize_in_pool
 
 _WARMUP_MESSAGES = 200
@@ -75,7 +75,7 @@ class NormalizeBenchResult:
 def run_normalize_bench(
     messages: int, seed: int, processes: tuple[int, ...] = (1, 2)
 ) -> NormalizeBenchResult:
-    """Time ``normalized_event`` on ``messages`` generated messages, alone and in pools.
+    """Time ``normalized_body`` on ``messages`` generated messages, alone and in pools.
 
     Arguments:
         messages: Messages timed on each side.
@@ -130,12 +130,13 @@ def _parse_share(count: int, seed: int, start: Any, results: Any) -> None:
     timed = fetched_events(count, seed=seed)
     warmup = fetched_events(min(count, _WARMUP_MESSAGES), seed=seed + 1)
     now = datetime.now(UTC)
-    for event in warmup:
-        normalized_event(event, now)
+    for message in map(RawMessage.of, warmup):
+        normalized_body(message, now)
+    messages = [RawMessage.of(event) for event in timed]
     start.wait()
     began = time.perf_counter()
-    for event in timed:
-        normalized_event(event, now)
+    for message in messages:
+        normalized_body(message, now)
     results.put(time.perf_counter() - began)
 
 
@@ -143,11 +144,12 @@ def _single_core_rate(
     timed: Sequence[GmailMessageFetched], warmup: Sequence[GmailMessageFetched]
 ) -> float:
     now = datetime.now(UTC)
-    for event in warmup:
-        normalized_event(event, now)
+    for message in map(RawMessage.of, warmup):
+        normalized_body(message, now)
+    messages = [RawMessage.of(event) for event in timed]
     started = time.perf_counter()
-    for event in timed:
-        normalized_event(event, now)
+    for message in messages:
+        normalized_body(message, now)
     return len(timed) / (time.perf_counter() - started)
 
 
@@ -193,7 +195,7 @@ def _workers_cpu_seconds(pool: CpuPool) -> float | None:
 
 
 async def _normalize_in(pool: CpuPool, events: Sequence[GmailMessageFetched]) -> None:
-    items = [(event, None) for event in events]
+    items = [(RawMessage.of(event), None) for event in events]
     results = await normalize_in_pool(pool, items, datetime.now(UTC), record_timeout=None)
     failed = [result for result in results if isinstance(result, Exception)]
     if failed:

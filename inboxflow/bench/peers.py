@@ -1,7 +1,7 @@
 """The peers ``inboxflow bench pipeline`` measures the normalize agent against, one per process.
 
 Each peer reads GmailMessageFetched records from a source topic and writes EmailNormalized to a
-target topic with the same pure ``normalized_event`` and the same serde as the agent; only the
+target topic with the same pure ``normalized_body`` and the same serde as the agent; only the
 plumbing differs. A peer runs until it is terminated (SIGTERM), so the bench treats every side
 alike: it watches the target topic and reads the process's CPU time and peak RSS from ``/proc``.
 
@@ -34,9 +34,9 @@ from typing import Any, TypeVar
 
 from aiokafka import ConsumerRecord, TopicPartition
 
-from schemas.models import GmailMessageFetched
+from schemas.models import EmailNormalized, GmailMessageFetched
 from schemas.serde import Serde, serde_for
-from streams.stages.mime import normalized_event
+from streams.stages.mime import RawMessage, normalized_body
 from topics.kafka import KafkaClients
 
 BATCH_RECORDS = 500
@@ -47,7 +47,8 @@ WARM_UP_MESSAGES = 200
 def normalize_bytes(serde: Serde, value: bytes) -> bytes:
     """Decode a GmailMessageFetched, normalize it, encode the EmailNormalized: the peers' work."""
     fetched = serde.decode(value, GmailMessageFetched)
-    return serde.encode(normalized_event(fetched, datetime.now(UTC)))
+    body = normalized_body(RawMessage.of(fetched), datetime.now(UTC))
+    return serde.frame(EmailNormalized, body)
 
 
 async def run_naive(
@@ -135,7 +136,7 @@ class CeilingResult:
 
 
 def measure_ceiling(count: int, serde: Serde) -> CeilingResult:
-    """Time ``normalized_event`` alone, then with decode and encode, over the bench's events."""
+    """Time ``normalized_body`` alone, then with decode and framing, over the bench's events."""
     from inboxflow.bench.pipeline import fetched_events
 
     events = fetched_events(count)
@@ -144,7 +145,8 @@ def measure_ceiling(count: int, serde: Serde) -> CeilingResult:
     # warm by the time their rates start counting.
     for value in encoded[:WARM_UP_MESSAGES]:
         normalize_bytes(serde, value)
-    alone = _timed(lambda: _each(lambda event: normalized_event(event, datetime.now(UTC)), events))
+    messages = [RawMessage.of(event) for event in events]
+    alone = _timed(lambda: _each(lambda raw: normalized_body(raw, datetime.now(UTC)), messages))
     with_serde = _timed(lambda: _each(lambda value: normalize_bytes(serde, value), encoded))
     return CeilingResult(
         messages=count,

@@ -34,13 +34,13 @@ from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.policy import EmailPolicy
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import charset_normalizer
 
 from schemas.errors import MimeBombError
 from schemas.models import EmailNormalized, GmailMessageFetched
-from schemas.serde import encode_body
+from schemas.serde import SOE_HEADER_SIZE, encode_body, encode_fields_body
 from streams.stages.contacts import parse_mailboxes
 from streams.stages.fitting import fit_event
 from streams.stages.html_text import html_to_text, meta_charsets
@@ -55,13 +55,14 @@ __all__ = [
     "Attachment",
     "EmailAddress",
     "NormalizedEmail",
+    "RawMessage",
     "decode_bytes",
     "decode_html",
     "make_snippet",
     "normalize_message",
     "normalized_bodies",
+    "normalized_body",
     "normalized_event",
-    "normalized_events",
 ]
 
 SNIPPET_CHARS = 200
@@ -251,6 +252,37 @@ def normalize_message(
     )
 
 
+class RawMessage(NamedTuple):
+    """What the parse needs of a GmailMessageFetched event, as a plain tuple.
+
+    This is what crosses to a CPU worker: a tuple pickles in a seventh of the time of the event
+    model, and the worker needs no model to read it.
+    """
+
+    raw: bytes
+    user_id: str
+    message_id: str
+    thread_id: str
+    sync_id: str
+    label_ids: Sequence[str]
+    size_estimate: int | None
+    history_id: int | None
+
+    @classmethod
+    def of(cls, fetched: GmailMessageFetched) -> RawMessage:
+        """Return the parts of ``fetched`` the parse uses."""
+        return cls(
+            fetched.raw,
+            fetched.user_id,
+            fetched.message_id,
+            fetched.thread_id,
+            fetched.sync_id,
+            fetched.label_ids,
+            fetched.size_estimate,
+            fetched.history_id,
+        )
+
+
 def normalized_event(
     fetched: GmailMessageFetched, now: datetime, max_bytes: int | None = None
 ) -> EmailNormalized:
@@ -266,36 +298,65 @@ def normalized_event(
     Raises:
         MimeBombError: see :func:`normalize_message`. Never raises for size.
     """
-    parsed = normalize_message(
-        fetched.raw,
-        message_id=fetched.message_id,
-        thread_id=fetched.thread_id,
-        label_ids=fetched.label_ids,
-        size_estimate=fetched.size_estimate,
-    )
-    fields = {
-        **parsed.as_event_fields(),
-        "user_id": fetched.user_id,
-        "sync_id": fetched.sync_id,
-        "history_id": fetched.history_id,
-    }
-    event = EmailNormalized.model_validate({**fields, "normalized_at": now})
+    event = EmailNormalized.model_validate(_event_fields(RawMessage.of(fetched), now))
     return event if max_bytes is None else fit_event(event, max_bytes)
 
 
-def normalized_events(
-    batch: Sequence[tuple[GmailMessageFetched, int | None]], now: datetime
-) -> list[EmailNormalized | Exception]:
-    """Return :func:`normalized_event` of each ``(fetched, max_bytes)``, in order (pure).
+def normalized_body(message: RawMessage, now: datetime, max_bytes: int | None = None) -> bytes:
+    """Return the Avro body of the EmailNormalized event of ``message`` (pure).
+
+    The same bytes as ``encode_body(normalized_event(...))`` (tested), without building the
+    model: every field comes from :func:`normalize_message`, typed and cleaned, and the Avro
+    writer checks each one. Validating the model and dumping it again cost about a tenth of a
+    message's parse. Only an event over ``max_bytes`` is built as a model, to be cut to fit.
+
+    Arguments:
+        message: The fetched message's parts.
+        now: Stamps ``normalized_at``.
+        max_bytes: As for :func:`normalized_event`.
+
+    Raises:
+        MimeBombError: see :func:`normalize_message`. Never raises for size.
+    """
+    fields = _event_fields(message, now)
+    body = encode_fields_body(EmailNormalized, fields)
+    if max_bytes is None or SOE_HEADER_SIZE + len(body) <= max_bytes:
+        return body
+    return encode_body(fit_event(EmailNormalized.model_validate(fields), max_bytes))
+
+
+def _event_fields(message: RawMessage, now: datetime) -> dict[str, Any]:
+    parsed = normalize_message(
+        message.raw,
+        message_id=message.message_id,
+        thread_id=message.thread_id,
+        label_ids=message.label_ids,
+        size_estimate=message.size_estimate,
+    )
+    return {
+        **parsed.as_event_fields(),
+        "user_id": message.user_id,
+        "sync_id": message.sync_id,
+        "history_id": message.history_id,
+        "normalized_at": now,
+        "attachments_dropped": 0,
+    }
+
+
+def normalized_bodies(
+    batch: Sequence[tuple[RawMessage, int | None]], now: datetime
+) -> list[bytes | Exception]:
+    """Return :func:`normalized_body` of each ``(message, max_bytes)``, in order (pure).
 
     For a worker process: one call carries several messages, so the hand-over costs of a call
-    are paid once for all. A message that fails (a MIME bomb, a bug) gives its exception in its
-    place instead of failing the others.
+    are paid once for all, and bytes come back, framed by the parent (``Serde.frame``). A
+    message that fails (a MIME bomb, a bug) gives its exception in its place instead of failing
+    the others.
     """
-    results: list[EmailNormalized | Exception] = []
-    for fetched, max_bytes in batch:
+    results: list[bytes | Exception] = []
+    for message, max_bytes in batch:
         try:
-            results.append(normalized_event(fetched, now, max_bytes))
+            results.append(normalized_body(message, now, max_bytes))
         except Exception as exc:  # noqa: BLE001 - returned for the caller to route
             results.append(exc)
     return results
@@ -776,17 +837,3 @@ def _body_text(leaves: list[_Leaf]) -> str:
         if joined:
             return joined
     return ""
-
-
-def normalized_bodies(
-    batch: Sequence[tuple[GmailMessageFetched, int | None]], now: datetime
-) -> list[bytes | Exception]:
-    """Return the Avro body of each :func:`normalized_events` result, or its exception (pure).
-
-    What a worker process sends back: bytes cross the pipe and are framed by the parent
-    (``Serde.frame``), where an event would be pickled, rebuilt and encoded there again.
-    """
-    return [
-        result if isinstance(result, Exception) else encode_body(result)
-        for result in normalized_events(batch, now)
-    ]

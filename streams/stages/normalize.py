@@ -1,6 +1,6 @@
 """The normalize stage: GmailMessageFetched in, EmailNormalized out. Never calls Gmail.
 
-Parsing is the pure ``streams.stages.mime.normalized_event``; this stage decodes, hands each
+Parsing is the pure ``streams.stages.mime.normalized_body``; this stage decodes, hands each
 message to it and queues the message's downstream jobs (extract, embed, insight). With a
 ``CpuPool`` the parsing runs in worker processes, the messages of a batch in parallel, so a
 21 MB message (0.7 s of parsing) never holds the event loop, and its heartbeats, for that long;
@@ -41,7 +41,7 @@ from streams.runtime.cpu_pool import CpuPool
 from streams.runtime.stage import JobRef, Outcome, Outgoing, Record
 from streams.stages.base import Decoder, utc_now
 from streams.stages.fitting import value_limit
-from streams.stages.mime import normalized_bodies
+from streams.stages.mime import RawMessage, normalized_bodies
 
 DOWNSTREAM_KINDS = (JobKind.EXTRACT_CONTACTS, JobKind.EMBED, JobKind.INSIGHT)
 # Raw messages up to this size are parsed in place even with a pool (0: none; tests set it).
@@ -139,15 +139,15 @@ class NormalizeStage:
     async def _parse(self, events: Sequence[GmailMessageFetched]) -> list[_Parsed]:
         """Return each event's normalized form or exception, in order."""
         now = utc_now(self.clock)
-        items = [(event, self._limit(event)) for event in events]
+        # The workers get each message's raw bytes and ids as a plain tuple and send back Avro
+        # bodies, already fitted: nothing else crosses the process boundary.
+        items = [(RawMessage.of(event), self._limit(event)) for event in events]
         pooled = [
             self.pool is not None and len(event.raw) > self.inline_max_bytes for event in events
         ]
         chosen = [item for item, goes in zip(items, pooled, strict=True) if goes]
         in_pool: asyncio.Future[list[_Parsed]] | None = None
         if self.pool is not None and chosen:
-            # The workers get the fetched events (raw bytes and a few ids) and send back the
-            # normalized ones, already fitted: nothing else crosses the process boundary.
             in_pool = asyncio.ensure_future(
                 normalize_in_pool(self.pool, chosen, now, record_timeout=self.record_timeout)
             )
@@ -161,7 +161,7 @@ class NormalizeStage:
 
     async def _parse_here(
         self,
-        items: Sequence[tuple[GmailMessageFetched, int | None]],
+        items: Sequence[tuple[RawMessage, int | None]],
         pooled: Sequence[bool],
         now: datetime,
     ) -> list[_Parsed | None]:
@@ -184,7 +184,7 @@ class NormalizeStage:
 
 async def normalize_in_pool(
     pool: CpuPool,
-    items: Sequence[tuple[GmailMessageFetched, int | None]],
+    items: Sequence[tuple[RawMessage, int | None]],
     now: datetime,
     *,
     record_timeout: float | None,
@@ -210,9 +210,9 @@ async def normalize_in_pool(
 
 
 def _chunks(
-    items: Sequence[tuple[GmailMessageFetched, int | None]], per_chunk: int
-) -> list[list[tuple[GmailMessageFetched, int | None]]]:
-    chunks: list[list[tuple[GmailMessageFetched, int | None]]] = []
+    items: Sequence[tuple[RawMessage, int | None]], per_chunk: int
+) -> list[list[tuple[RawMessage, int | None]]]:
+    chunks: list[list[tuple[RawMessage, int | None]]] = []
     size = 0
     for item in items:
         length = len(item[0].raw)
@@ -226,7 +226,7 @@ def _chunks(
 
 async def _normalize_chunk(
     pool: CpuPool,
-    chunk: list[tuple[GmailMessageFetched, int | None]],
+    chunk: list[tuple[RawMessage, int | None]],
     now: datetime,
     record_timeout: float | None,
 ) -> list[_Parsed]:

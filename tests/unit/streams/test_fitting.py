@@ -21,11 +21,17 @@ from schemas.models import (
     GmailMessageFetched,
     JobStatus,
 )
-from schemas.serde import decode
+from schemas.serde import decode, encode_body
 from streams.runtime.cpu_pool import CpuPool
 from streams.runtime.worker import largest_record_bytes
 from streams.stages.fitting import RECORD_FRAMING_BYTES, encoded_size, fit_event, value_limit
-from streams.stages.mime import DEFAULT_MAX_TEXT_CHARS, normalize_message, normalized_event
+from streams.stages.mime import (
+    DEFAULT_MAX_TEXT_CHARS,
+    RawMessage,
+    normalize_message,
+    normalized_body,
+    normalized_event,
+)
 from streams.stages.normalize import NormalizeStage
 from tests.memory_publisher import MemoryPublisher
 from tests.unit.streams.test_stages import (
@@ -158,6 +164,16 @@ def test_a_message_of_many_long_named_parts_is_published_cut_not_refused() -> No
     assert fitted.attachments_dropped > 0
     assert fitted.text == "The files, one part each."
     assert_cut_from(fitted, whole)
+
+
+def test_the_body_a_worker_sends_is_the_fitted_event_encoded() -> None:
+    # normalized_body skips the model for an event that fits; one that does not is cut as
+    # normalized_event cuts it.
+    big = fetched_raw(many_parts_raw(600, 1_000))
+    for message in (big, fetched("03-mixed-attachments.eml", "m1")):
+        for limit in (None, 256 * 1024):
+            expected = encode_body(normalized_event(message, NOW, limit))
+            assert normalized_body(RawMessage.of(message), NOW, limit) == expected
 
 
 def test_a_small_message_is_unchanged_and_not_flagged() -> None:

@@ -14,7 +14,7 @@ from schemas.models import EmailNormalized, GmailMessageFetched
 from schemas.serde import decode, serde_for
 from streams.runtime import cpu_pool
 from streams.runtime.cpu_pool import CpuPool
-from streams.stages.mime import normalized_event
+from streams.stages.mime import RawMessage, normalized_event
 from streams.stages.normalize import CHUNK_BYTES, CHUNK_MESSAGES, normalize_in_pool
 from tests.unit.streams.test_hostile_mime import nested
 from tests.unit.streams.test_stages import EML, NOW, fetched
@@ -41,7 +41,7 @@ class InlinePool:
         self.times_out_with = times_out_with
 
     async def run(self, fn: Any, *args: Any, max_seconds: float | None = None) -> Any:
-        chunk: Sequence[tuple[GmailMessageFetched, int | None]] = args[0]
+        chunk: Sequence[tuple[RawMessage, int | None]] = args[0]
         ids = [event.message_id for event, _ in chunk]
         self.calls.append(ids)
         if self.times_out_with in ids:
@@ -64,7 +64,7 @@ async def test_results_equal_in_process_ones_in_order_with_a_bomb_in_its_place(
 ) -> None:
     events = [*messages(20), bomb("bomb"), *messages(5)]
     results = await normalize_in_pool(
-        pool, [(event, None) for event in events], WHEN, record_timeout=60.0
+        pool, [(RawMessage.of(event), None) for event in events], WHEN, record_timeout=60.0
     )
 
     assert len(results) == len(events)
@@ -83,7 +83,7 @@ async def test_small_messages_share_calls_and_a_large_one_goes_alone() -> None:
         update={"message_id": "large", "raw": events[0].raw + b" " * CHUNK_BYTES}
     )
     fake = InlinePool()
-    items = [(event, None) for event in [*events, large, *messages(2)]]
+    items = [(RawMessage.of(event), None) for event in [*events, large, *messages(2)]]
     results = await normalize_in_pool(cast(CpuPool, fake), items, WHEN, record_timeout=None)
 
     assert all(isinstance(result, bytes) for result in results)
@@ -95,7 +95,7 @@ async def test_a_chunk_past_its_deadline_is_rerun_one_message_per_call() -> None
     events = messages(4)
     slow = events[0].model_copy(update={"message_id": "slow"})
     fake = InlinePool(times_out_with="slow")
-    items = [(event, None) for event in [events[0], slow, *events[1:]]]
+    items = [(RawMessage.of(event), None) for event in [events[0], slow, *events[1:]]]
     results = await normalize_in_pool(cast(CpuPool, fake), items, WHEN, record_timeout=5.0)
 
     assert isinstance(results[1], StageTimeoutError)
@@ -127,7 +127,7 @@ def test_the_collector_is_paused_and_restored_as_it_was() -> None:
 async def test_a_batch_makes_a_chunk_per_worker_when_it_can() -> None:
     fake = InlinePool()
     fake.workers = 3
-    items = [(event, None) for event in messages(7)]
+    items = [(RawMessage.of(event), None) for event in messages(7)]
     await normalize_in_pool(cast(CpuPool, fake), items, WHEN, record_timeout=None)
 
     assert [len(call) for call in fake.calls] == [3, 3, 1]
