@@ -12,13 +12,16 @@ worker can use every core. Each call runs in one worker process, one call per pr
   other workers and their calls are not touched, unlike ``concurrent.futures``, whose pool breaks
   as a whole when one worker dies.
 
-Workers are started with the ``spawn`` method: the parent runs faust's event loop and several
-threads, and a forked child inherits locks that other threads held at fork time (a deadlock
-waiting to happen, and OpenMP thread pools do not survive a fork). A spawned worker is a fresh
-interpreter: it imports the modules named in ``preload`` (about half a second) before it takes a
-call, and a deadline never counts a worker's start-up. As with any spawn-based pool, the
-program's main module must be safe to import (``python -m inboxflow`` and the ``inboxflow``
-script are).
+Workers are fresh interpreters started with :mod:`subprocess` (as multiprocessing's ``spawn``
+would, never ``fork``): the parent runs faust's event loop and several threads, and a forked
+child inherits locks that other threads held at fork time (a deadlock waiting to happen, and
+OpenMP thread pools do not survive a fork). Each talks to the pool over a socket pair with
+multiprocessing's :class:`~multiprocessing.connection.Connection`. ``multiprocessing.Process``
+is not used: its spawn starts a resource-tracker process beside the workers (13 MiB for
+nothing: a worker holds no semaphores or shared memory) and makes each worker import the
+program's main script. A worker imports the modules named in ``preload`` (about half a second)
+before it takes a call, and a deadline never counts a worker's start-up. A worker whose parent
+is gone reads the end of its socket and leaves.
 
 Arguments and results are pickled: send the bytes to work on and get the result back, never
 object graphs the worker does not need. The blocking pipe I/O of a call (a 60 MiB
@@ -35,19 +38,19 @@ import contextlib
 import gc
 import importlib
 import logging
-import multiprocessing
 import os
 import pickle
 import queue
 import signal
+import socket
+import subprocess
 import sys
 import threading
-import types
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from schemas.errors import StageTimeoutError, TransientError
@@ -67,23 +70,26 @@ class WorkerLostError(StageTimeoutError):
 
 @dataclass(eq=False)  # identity: workers live in a set
 class _Worker:
-    process: BaseProcess
+    process: subprocess.Popen[bytes]
     conn: Connection
 
     @property
-    def pid(self) -> int | None:
+    def pid(self) -> int:
         return self.process.pid
+
+    def is_alive(self) -> bool:
+        return self.process.poll() is None
 
     def kill(self) -> None:
         # SIGKILL: a worker finishes its call before it obeys SIGTERM (see `_serve`), and it may
-        # be deep in native code (the embedding engine).
-        if self.process.is_alive():
-            self.process.kill()
+        # be deep in native code (the embedding engine). A reaped worker is not signalled.
+        self.process.kill()
 
     def discard(self) -> None:
-        """Kill the process, reap it and close the pipe (blocking; on a pool thread)."""
+        """Kill the process, reap it and close the socket (blocking; on a pool thread)."""
         self.kill()
-        self.process.join(timeout=10)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
         self.conn.close()
 
 
@@ -157,7 +163,6 @@ class CpuPool:
         self.name = name
         self._preload = tuple(preload)
         self._start_timeout = start_timeout
-        self._context = multiprocessing.get_context("spawn")
         # One slot per worker; None until the slot's process is started.
         self._idle: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()
         for _ in range(workers):
@@ -224,7 +229,7 @@ class CpuPool:
     def pids(self) -> list[int]:
         """Return the process ids of the running workers (for tests and diagnostics)."""
         with self._live_lock:
-            return sorted(w.pid for w in self._live if w.pid is not None)
+            return sorted(w.pid for w in self._live)
 
     def start(self) -> None:
         """Start every worker now instead of on first use (blocking: call it off the loop)."""
@@ -299,7 +304,7 @@ class CpuPool:
                 self._idle.put(worker)
 
     def _ready(self, worker: _Worker | None) -> _Worker:
-        if worker is not None and worker.process.is_alive():
+        if worker is not None and worker.is_alive():
             return worker
         if worker is not None:
             log.warning("CPU worker gone pool=%s pid=%s; starting another", self.name, worker.pid)
@@ -309,20 +314,19 @@ class CpuPool:
         return self._spawn()
 
     def _spawn(self) -> _Worker:
-        parent, child = self._context.Pipe(duplex=True)
-        process = self._context.Process(
-            target=_serve,
-            args=(child, self._preload),
-            name=f"{self.name}-worker",
-            daemon=True,
-        )
-        _start_without_main(process)
-        child.close()
-        worker = _Worker(process, parent)
+        parent, child = socket.socketpair()
+        with child:
+            process = subprocess.Popen(  # noqa: S603 - this interpreter, our own module
+                _worker_command(child.fileno(), self._preload),
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        conn = Connection(parent.detach())
+        worker = _Worker(process, conn)
         with self._live_lock:
             self._live.add(worker)
         try:
-            started = parent.poll(self._start_timeout) and parent.recv() is not None  # hello
+            started = conn.poll(self._start_timeout) and conn.recv() is not None  # hello
         except (EOFError, OSError):
             started = False  # it died on the way: an import failed, or it was killed
         if not started:
@@ -340,26 +344,17 @@ class CpuPool:
         worker.discard()
 
 
-_MAIN_SWAP = threading.Lock()
+# A worker's command line: ``python -c _WORKER_CODE FD PATH PRELOAD...``. It looks for modules
+# where this process does (a test's rootdir, a source checkout), as multiprocessing's spawn would.
+_WORKER_CODE = (
+    "import os, sys; sys.path[:0] = sys.argv[2].split(os.pathsep); "
+    "from streams.runtime.cpu_pool import serve_fd; serve_fd(sys.argv[1], sys.argv[3:])"
+)
 
 
-def _start_without_main(process: BaseProcess) -> None:
-    """Start ``process`` without its re-running this program's main script first.
-
-    A spawned child imports the parent's ``__main__`` (to find functions pickled from it) unless
-    that is a package's ``__main__`` module. Run as the ``inboxflow`` console script, that was
-    the whole command line (12 MiB more per worker, measured); a worker needs none of it: it
-    runs ``_serve`` from this module and imports its ``preload``. ``multiprocessing`` offers no
-    switch, so the child is started while ``__main__`` is an empty module (the lock keeps two
-    starts from restoring each other's stand-in).
-    """
-    with _MAIN_SWAP:
-        main = sys.modules["__main__"]
-        sys.modules["__main__"] = types.ModuleType("__main__")
-        try:
-            process.start()
-        finally:
-            sys.modules["__main__"] = main
+def _worker_command(fd: int, preload: Sequence[str]) -> list[str]:
+    path = os.pathsep.join(entry or str(Path.cwd()) for entry in sys.path)
+    return [sys.executable, "-c", _WORKER_CODE, str(fd), path, *preload]
 
 
 def _unpickle(answer: bytes) -> Any:
@@ -405,6 +400,11 @@ class _Lifecycle:
         if not self.busy:
             raise SystemExit(0)
         self.stopping = True
+
+
+def serve_fd(fd: str, preload: Sequence[str]) -> None:
+    """A worker process's entry point: serve the pool on socket ``fd`` once ``preload`` is in."""
+    _serve(Connection(int(fd)), tuple(preload))
 
 
 def _serve(conn: Connection, preload: tuple[str, ...]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from inboxflow.wiring import CPU_POOL_PRELOAD
@@ -52,3 +53,51 @@ def test_a_pool_worker_does_not_rerun_the_script_that_started_it(tmp_path: Path)
         [sys.executable, str(script)], capture_output=True, text=True, check=True, timeout=120
     )
     assert found.stdout.strip() == "[]"
+
+
+POOL_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from streams.runtime.cpu_pool import CpuPool
+
+pool = CpuPool(2, preload=["streams.stages.mime"])
+pool.start()
+children = sorted(
+    int(stat.parent.name)
+    for stat in Path("/proc").glob("[0-9]*/stat")
+    if stat.read_text().rsplit(")", 1)[1].split()[1] == str(os.getpid())
+)
+print((pool.pids(), children), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_pool_starts_its_workers_and_nothing_else_and_they_leave_with_it() -> None:
+    # No resource tracker beside the workers (multiprocessing's spawn starts one: 13 MiB); and
+    # a worker whose parent was killed outright reads the end of its socket and exits.
+    parent = subprocess.Popen(  # noqa: S603 - this interpreter and a fixed snippet
+        [sys.executable, "-c", POOL_SCRIPT], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        workers, children = eval(parent.stdout.readline())  # noqa: S307 - two lists we printed
+    finally:
+        parent.kill()
+        parent.wait(timeout=30)
+        if parent.stdout is not None:
+            parent.stdout.close()
+    assert len(workers) == 2
+    assert children == workers
+    deadline = time.monotonic() + 60
+    while any(map(running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(running, workers))
+
+
+def running(pid: int) -> bool:
+    """Return True while ``pid`` runs (an exited orphan may stay a zombie until init reaps it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
