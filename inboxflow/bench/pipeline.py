@@ -14,7 +14,9 @@ differs. Each runs as its own process, one after the other, on its own throw-awa
 Rates count from each side's first output to its last, so process start-up and the group join
 are left out of them (time to first output is a figure of its own). CPU is the process tree's
 user and system time between the first and the last output; peak memory is VmHWM summed over
-the process tree (the agent's CPU pool, if it started one).
+the process tree (the agent's CPU pool, if it started one), and the tree's peak PSS, sampled:
+summed RSS counts the pages the agent and its pool share (the interpreter, C extensions) once
+per process, PSS splits them.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ class SideFigures:
     cpu_seconds_total: float  # from start to the last output, start-up included
     peak_rss_mib: float  # VmHWM, summed over the process tree
     main_peak_rss_mib: float  # VmHWM of the process itself (without its CPU pool)
+    # Proportional set size summed over the tree, sampled every 0.1 s: a page shared by the
+    # processes (the interpreter, C extensions) counts once, not once per process.
+    peak_pss_mib: float
     first_output_seconds: float  # from spawning the process
 
 
@@ -70,6 +75,7 @@ class PeerRatios:
     rate: float
     cpu_per_message: float
     peak_rss: float
+    peak_pss: float
     first_output: float
 
 
@@ -97,14 +103,14 @@ class PipelineBenchResult:
         """Return the figures as text lines: a row per side, then inboxflow / peer ratios."""
         lines = [
             f"{'side':<10} {'msg/s':>8} {'CPU-s/1k':>9} {'CPU-s all':>9} "
-            f"{'peak MiB':>9} {'main MiB':>9} {'1st out s':>9}"
+            f"{'peak MiB':>9} {'main MiB':>9} {'peak PSS':>9} {'1st out s':>9}"
         ]
         for side in (self.inboxflow, *self.peers.values()):
             lines.append(
                 f"{side.name:<10} {side.messages_per_second:>8,.0f} "
                 f"{side.cpu_seconds_per_1000:>9.3f} {side.cpu_seconds_total:>9.2f} "
                 f"{side.peak_rss_mib:>9.1f} {side.main_peak_rss_mib:>9.1f} "
-                f"{side.first_output_seconds:>9.2f}"
+                f"{side.peak_pss_mib:>9.1f} {side.first_output_seconds:>9.2f}"
             )
         ceiling = self.ceiling
         lines.append(
@@ -113,11 +119,14 @@ class PipelineBenchResult:
             f"encode {ceiling.with_serde_messages_per_second:,.0f} msg/s, "
             f"{ceiling.with_serde_cpu_seconds_per_1000:.3f} CPU-s/1k)"
         )
-        lines.append("inboxflow / peer: rate (>1 faster), CPU per message, peak RSS (<1 cheaper)")
+        lines.append(
+            "inboxflow / peer: rate (>1 faster), CPU per message, peak RSS and PSS (<1 cheaper)"
+        )
         for name, ratio in self.ratios.items():
             lines.append(
                 f"  {name:<8} rate {ratio.rate:.2f}x  CPU {ratio.cpu_per_message:.2f}x  "
-                f"RSS {ratio.peak_rss:.2f}x  first output {ratio.first_output:.2f}x"
+                f"RSS {ratio.peak_rss:.2f}x  PSS {ratio.peak_pss:.2f}x  "
+                f"first output {ratio.first_output:.2f}x"
             )
         return lines
 
@@ -170,6 +179,7 @@ class _Watch:
     cpu_at_last: float = 0.0
     peak_rss_mib: float = 0.0
     main_peak_rss_mib: float = 0.0
+    peak_pss_mib: float = 0.0
 
 
 async def _watch(
@@ -182,6 +192,7 @@ async def _watch(
         while len(watch.arrivals) < count and time.monotonic() < deadline:
             if process.returncode is not None:
                 raise RuntimeError(f"the process exited ({process.returncode}) before its outputs")
+            watch.peak_pss_mib = max(watch.peak_pss_mib, _tree_pss_mib(process.pid))
             batch = await consumer.getmany(timeout_ms=100)
             now = time.monotonic()
             got = sum(len(records) for records in batch.values())
@@ -231,6 +242,17 @@ def _tree_peak_rss_mib(pid: int) -> float:
     return sum(_peak_rss_mib(member) for member in _tree(pid))
 
 
+def _tree_pss_mib(pid: int) -> float:
+    total = 0
+    for member in _tree(pid):
+        try:
+            lines = Path(f"/proc/{member}/smaps_rollup").read_text().splitlines()
+        except OSError:  # gone, or a kernel without smaps_rollup (4.14 and later have it)
+            continue
+        total += sum(int(line.split()[1]) for line in lines if line.startswith("Pss:"))
+    return total / 1024
+
+
 def _peak_rss_mib(pid: int) -> float:
     try:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -270,6 +292,7 @@ async def _run_side(
         cpu_seconds_total=round(watch.cpu_at_last, 2),
         peak_rss_mib=round(watch.peak_rss_mib, 1),
         main_peak_rss_mib=round(watch.main_peak_rss_mib, 1),
+        peak_pss_mib=round(watch.peak_pss_mib, 1),
         first_output_seconds=round(watch.arrivals[0] - started, 2),
     )
 
@@ -349,6 +372,7 @@ def _ratios(ours: SideFigures, peer: SideFigures) -> PeerRatios:
         rate=round(ours.messages_per_second / peer.messages_per_second, 2),
         cpu_per_message=round(ours.cpu_seconds_per_1000 / max(peer.cpu_seconds_per_1000, 1e-9), 2),
         peak_rss=round(ours.peak_rss_mib / max(peer.peak_rss_mib, 1e-9), 2),
+        peak_pss=round(ours.peak_pss_mib / max(peer.peak_pss_mib, 1e-9), 2),
         first_output=round(ours.first_output_seconds / max(peer.first_output_seconds, 1e-9), 2),
     )
 

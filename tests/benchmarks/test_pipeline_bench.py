@@ -44,12 +44,13 @@ def test_normalize_agent_against_its_peers(kafka_bootstrap: str, database_url: s
         print(
             f"{side['name']:<10} {side['messages_per_second']:>7.0f} msg/s  "
             f"{side['cpu_seconds_per_1000']:.3f} CPU-s/1k  {side['peak_rss_mib']:.0f} MiB "
-            f"(main {side['main_peak_rss_mib']:.0f})  first output {side['first_output_seconds']}s"
+            f"(main {side['main_peak_rss_mib']:.0f}, PSS {side['peak_pss_mib']:.0f})  "
+            f"first output {side['first_output_seconds']}s"
         )
     for name, ratio in result["ratios"].items():
         print(
             f"inboxflow/{name}: rate {ratio['rate']}x CPU {ratio['cpu_per_message']}x "
-            f"RSS {ratio['peak_rss']}x"
+            f"RSS {ratio['peak_rss']}x PSS {ratio['peak_pss']}x"
         )
     print(f"ceiling: {result['ceiling']['messages_per_second']:.0f} msg/s")
 
@@ -60,6 +61,8 @@ def test_normalize_agent_against_its_peers(kafka_bootstrap: str, database_url: s
         assert side["messages_per_second"] > 0
         assert side["cpu_seconds_per_1000"] > 0
         assert side["peak_rss_mib"] >= side["main_peak_rss_mib"] > 0
+        # Sampled while the side ran; a shared page counts once, so never above summed RSS.
+        assert 0 < side["peak_pss_mib"] <= side["peak_rss_mib"]
         assert side["first_output_seconds"] > 0
     # The flat fields older readers use still describe the naive peer.
     assert result["naive_messages_per_second"] == result["peers"]["naive"]["messages_per_second"]
