@@ -61,6 +61,9 @@ AGENTS = ("sync", "normalize", "extract", "embed", "insight")
 LOCAL_WORK_BATCH_SIZE = 500
 REMOTE_WORK_BATCH_SIZE = 100
 _LOCAL_WORK_AGENTS = frozenset({"normalize", "extract"})
+# Their records are independent of each other (pure functions, no state), so two batches are at
+# work at once: the next is parsed while the last one's results are published (BatchConfig).
+LOCAL_WORK_IN_FLIGHT = 2
 BACKFILL_LANE = "backfill"
 """The Gmail client lane of backfill fetches (``INBOXFLOW_BACKFILL_QUOTA_SHARE`` of each user)."""
 
@@ -387,7 +390,11 @@ def build_worker(
         group=group,
         stages=build_stages(agent, catalogue, resources),
         kafka=kafka_from(settings, client_id=group.group_id),
-        batch=BatchConfig(batch_size_for(agent, settings), settings.batch_wait),
+        batch=BatchConfig(
+            batch_size_for(agent, settings),
+            settings.batch_wait,
+            in_flight=LOCAL_WORK_IN_FLIGHT if agent in _LOCAL_WORK_AGENTS else 1,
+        ),
         session_timeout=settings.session_timeout_seconds,
         on_stop=resources.close,
         serde=resources.serde,

@@ -53,11 +53,19 @@ class BatchConfig:
     ``window_batches``: batches' worth of records the agent takes ahead of the one at work
     (``WINDOW_EVENTS_PER_BATCH`` unless given); a slow, paced lane keeps few, since a rebalance
     or a stop waits until every taken record is acked.
+
+    ``in_flight``: batches at work at once. One unless the stage's records are independent of
+    each other (no state, no hook that a later record relies on): with two, the next batch is
+    decoded and parsed while the last one's results are being published and acknowledged, so a
+    CPU pool does not sit idle through each publish. The results of one partition may then
+    reach Kafka out of order across batches; batches are still acked in order, each only once
+    its results are safe, so a crash loses nothing.
     """
 
     size: int = 100
     within: float = 0.2
     window_batches: int | None = None
+    in_flight: int = 1
 
 
 DEFAULT_BUFFER_BYTES = 1024 * 1024 * 1024
@@ -451,19 +459,46 @@ async def _run_batches(
     gate: ByteGate,
     on_batch: Callable[[], None],
 ) -> None:
-    """Run batches from the window, in order, acking each once its results are safe."""
+    """Run batches from the window, up to ``batch.in_flight`` at once; ack each in order once
+    its results are safe."""
+    at_work: deque[tuple[list[tuple[faust.types.EventT[Any], int]], asyncio.Task[None]]] = deque()
+    taking: asyncio.Task[list[tuple[faust.types.EventT[Any], int]]] | None = None
     try:
         while True:
-            taken = await window.take(batch.size, batch.within)
-            events = [event for event, _ in taken]
-            await runner.run_until_done([record_from_event(event) for event in events])
-            for event in events:
-                await stream.ack(event)
-                if stalls is not None:
-                    stalls.progressed(event.message.topic, event.message.partition, 1)
-            await window.release(taken)
-            gate.changed()
-            on_batch()
+            if taking is None and len(at_work) < batch.in_flight:
+                taking = asyncio.create_task(window.take(batch.size, batch.within))
+            oldest = at_work[0][1] if at_work else None
+            await asyncio.wait(
+                [task for task in (taking, oldest) if task is not None],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if oldest is not None and oldest.done():
+                taken, done = at_work.popleft()
+                done.result()  # run_until_done only ends by cancellation
+                await _ack(taken, window, stream, stalls, gate)
+                on_batch()
+            elif taking is not None and taking.done():
+                taken, taking = taking.result(), None
+                records = [record_from_event(event) for event, _ in taken]
+                at_work.append((taken, asyncio.create_task(runner.run_until_done(records))))
     except BaseException as exc:
+        for task in [taking, *(task for _, task in at_work)]:
+            if task is not None:
+                task.cancel()
         await window.close(exc)
         raise
+
+
+async def _ack(
+    taken: list[tuple[faust.types.EventT[Any], int]],
+    window: TakenWindow,
+    stream: faust.StreamT[bytes],
+    stalls: StallTracker | None,
+    gate: ByteGate,
+) -> None:
+    for event, _ in taken:
+        await stream.ack(event)
+        if stalls is not None:
+            stalls.progressed(event.message.topic, event.message.partition, 1)
+    await window.release(taken)
+    gate.changed()
