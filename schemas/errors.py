@@ -45,10 +45,9 @@ from enum import StrEnum
 from pathlib import PurePath
 from typing import TYPE_CHECKING, ClassVar, cast
 
-import pydantic
-
 if TYPE_CHECKING:
     import psycopg
+    import pydantic
 
 
 class RetryClass(StrEnum):
@@ -257,7 +256,7 @@ def _loaded(module: str, *names: str) -> tuple[type[BaseException], ...]:
 
     An exception of a library nobody loaded cannot reach us, so classifying needs no import of
     its own: the CPU pool's workers, which only parse mail, then load no HTTP client, database
-    driver or Kafka client (tens of MiB each of them would hold for nothing).
+    driver, Kafka client or pydantic (tens of MiB each of them would hold for nothing).
     """
     loaded = sys.modules.get(module)
     if loaded is None:
@@ -293,8 +292,8 @@ def safe_error_message(exc: BaseException) -> str:
         if exc.errno is None or not exc.strerror:
             return ""
         return redact_secrets(f"[Errno {exc.errno}] {exc.strerror}")
-    if isinstance(exc, pydantic.ValidationError):
-        return _pydantic_structure(exc)
+    if isinstance(exc, _loaded("pydantic", "ValidationError")):
+        return _pydantic_structure(cast("pydantic.ValidationError", exc))
     if isinstance(exc, _loaded("psycopg", "Error")):
         return _psycopg_structure(cast("psycopg.Error", exc))
     if isinstance(exc, _loaded("fastavro.validation", "ValidationError")):

@@ -21,10 +21,15 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from schemas.enums import ContactRole as ContactRole
+from schemas.enums import DeletionReason as DeletionReason
+from schemas.enums import ErrorClass as ErrorClass
+from schemas.enums import JobKind as JobKind
+from schemas.enums import JobStatus as JobStatus
 
 AVRO_NAMESPACE = "inboxflow.events"
 
@@ -87,60 +92,7 @@ class Event(AvroRecord):
         return self.user_id.encode()
 
 
-# --- enums ------------------------------------------------------------------------------------
-
-
-class ContactRole(StrEnum):
-    """Header an address appeared in (Avro ``ContactRole``)."""
-
-    FROM = "from"
-    TO = "to"
-    CC = "cc"
-    BCC = "bcc"
-    REPLY_TO = "reply_to"
-    UNKNOWN = "unknown"  # reader-side default for symbols added later; never written
-
-
-class DeletionReason(StrEnum):
-    """Why a message is gone (Avro ``DeletionReason``)."""
-
-    DELETED = "deleted"  # Gmail's history reported the deletion
-    RECONCILED = "reconciled"  # a full resync no longer listed a message seen before
-    UNKNOWN = "unknown"  # reader-side default for symbols added later; never written
-
-
-class JobKind(StrEnum):
-    """What a job does (Avro ``JobKind``)."""
-
-    GOOGLE_GMAIL_SYNC = "google_gmail_sync"
-    NORMALIZE_GOOGLE_EMAIL = "normalize_google_email"
-    EXTRACT_CONTACTS = "extract_contacts"
-    EMBED = "embed"
-    INSIGHT = "insight"
-    UNKNOWN = "unknown"  # reader-side default for symbols added later; never written
-
-
-class JobStatus(StrEnum):
-    """Where a job is (Avro ``JobStatus``)."""
-
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    RETRYING = "retrying"
-    DONE = "done"
-    ERROR = "error"
-    DEAD = "dead"
-    UNKNOWN = "unknown"  # reader-side default for symbols added later; never written
-
-
-class ErrorClass(StrEnum):
-    """Retry class of a failure (Avro ``ErrorClass``); values equal ``errors.RetryClass``."""
-
-    TRANSIENT = "transient"
-    PERMANENT = "permanent"
-    RATE_LIMIT = "rate_limit"
-    QUOTA = "quota"
-    TIMEOUT = "timeout"
-    UNKNOWN = "unknown"  # reader-side default for symbols added later; never written
+# Enums live in schemas.enums (models-free); re-exported here.
 
 
 # --- gmail ------------------------------------------------------------------------------------

@@ -16,26 +16,24 @@ cannot be reached raises ``TransientError`` instead, because the same bytes will
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
-from fastavro import schemaless_reader, schemaless_writer
+from fastavro import schemaless_reader
 from fastavro.schema import SchemaParseException
 from pydantic import ValidationError
 
-from schemas.errors import PermanentError, UndecodableRecordError, safe_error_text
+from schemas.errors import UndecodableRecordError, safe_error_text
 from schemas.models import Event
 from schemas.registry import SchemaRegistryClient
-from schemas.store import KnownSchema, SchemaStore, default_store, schema_fingerprint
+from schemas.store import SOE_HEADER_SIZE as SOE_HEADER_SIZE
+from schemas.store import SOE_MAGIC as SOE_MAGIC
+from schemas.store import KnownSchema, SchemaStore, default_store, schema_fingerprint, write_body
 
 T = TypeVar("T", bound=Event)
 
-SOE_MAGIC = b"\xc3\x01"
-SOE_HEADER_SIZE = len(SOE_MAGIC) + 8
 CONFLUENT_MAGIC = b"\x00"
 CONFLUENT_HEADER_SIZE = len(CONFLUENT_MAGIC) + 4
-_FASTAVRO_FIELD = re.compile(r" on field ([A-Za-z_][A-Za-z0-9_.]*)$")
 
 
 class Serde(Protocol):
@@ -67,20 +65,7 @@ class Serde(Protocol):
 
 
 def _write_body(known: KnownSchema, fields: Mapping[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    try:
-        if known.flat is not None:
-            return known.flat(fields)
-        schemaless_writer(buffer, known.parsed, fields, strict=True)
-    except (ValueError, TypeError, KeyError) as exc:
-        # A model that validated but does not fit its schema is a bug in models.py / the .avsc.
-        # fastavro's text quotes the value; only the field it names (the schema's) is repeated.
-        field = _FASTAVRO_FIELD.search(str(exc))
-        where = f" on field {field.group(1)}" if field else ""
-        raise PermanentError(
-            f"cannot encode {known.full_name}: {safe_error_text(exc)}{where}"
-        ) from exc
-    return buffer.getvalue()
+    return write_body(known.full_name, known.parsed, known.flat, fields)
 
 
 def _read_body(body: bytes, writer: KnownSchema, reader: KnownSchema, model: type[T]) -> T:

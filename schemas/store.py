@@ -9,24 +9,34 @@ Reads package files only; no network, no Kafka.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastavro import parse_schema
+from fastavro import parse_schema, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from schemas.errors import PermanentError, safe_error_text
 from schemas.flat_writer import flat_writer
-from schemas.models import EVENT_MODELS, Event
+
+if TYPE_CHECKING:
+    # Only for types: a CPU pool worker writes event bodies (``body_writer``) without the models
+    # and pydantic (about 17 MiB a worker).
+    from schemas.models import Event
 
 Schema = dict[str, Any]
 """A JSON Avro schema as loaded from a ``.avsc`` file."""
 
 _RELEASED_FILE = re.compile(r"^v(\d+)\.avsc$")
+_FASTAVRO_FIELD = re.compile(r" on field ([A-Za-z_][A-Za-z0-9_.]*)$")
+SOE_MAGIC = b"\xc3\x01"
+SOE_HEADER_SIZE = len(SOE_MAGIC) + 8
+"""Single-object encoding: ``C3 01``, then the 8-byte fingerprint, then the Avro body."""
 
 
 def _package_dir(*parts: str) -> resources.abc.Traversable:
@@ -43,9 +53,48 @@ def schema_stem(model: type[Event]) -> str:
 
 def load_current_schema(model: type[Event]) -> Schema:
     """Return the JSON schema producers write ``model`` with (``schemas/avro/<stem>.avsc``)."""
-    text = _package_dir("avro", model.avro_file).read_text(encoding="utf-8")
-    schema: Schema = json.loads(text)
+    return _current_file(model.avro_file)
+
+
+def _current_file(avro_file: str) -> Schema:
+    schema: Schema = json.loads(_package_dir("avro", avro_file).read_text(encoding="utf-8"))
     return schema
+
+
+@cache
+def body_writer(avro_file: str) -> Callable[[Mapping[str, Any]], bytes]:
+    """Return a writer of Avro bodies in the current schema of ``schemas/avro/<avro_file>``.
+
+    For a CPU pool worker, which needs no model to write its own typed fields. The writer
+    raises ``PermanentError`` for a field that does not fit the schema.
+    """
+    schema = _current_file(avro_file)
+    parsed = parse_schema(schema, named_schemas={})
+    full_name = f"{schema.get('namespace')}.{schema['name']}"
+    flat = flat_writer(parsed) if isinstance(parsed, dict) else None
+    return lambda fields: write_body(full_name, parsed, flat, fields)
+
+
+def write_body(
+    full_name: str,
+    parsed: Any,
+    flat: Callable[[Mapping[str, Any]], bytes] | None,
+    fields: Mapping[str, Any],
+) -> bytes:
+    """Return the Avro body of ``fields`` in ``parsed`` (fastavro's form; ``flat``: its fast
+    writer, if flat); raise ``PermanentError`` naming the field that does not fit."""
+    buffer = io.BytesIO()
+    try:
+        if flat is not None:
+            return flat(fields)
+        schemaless_writer(buffer, parsed, fields, strict=True)
+    except (ValueError, TypeError, KeyError) as exc:
+        # A model that validated but does not fit its schema is a bug in models.py / the .avsc.
+        # fastavro's text quotes the value; only the field it names (the schema's) is repeated.
+        field = _FASTAVRO_FIELD.search(str(exc))
+        where = f" on field {field.group(1)}" if field else ""
+        raise PermanentError(f"cannot encode {full_name}: {safe_error_text(exc)}{where}") from exc
+    return buffer.getvalue()
 
 
 def load_released_schemas(model: type[Event]) -> dict[int, Schema]:
@@ -106,8 +155,12 @@ class SchemaStore:
     Built once per process (``default_store()``); lookups are dictionary reads.
     """
 
-    def __init__(self, models: Iterable[type[Event]] = EVENT_MODELS) -> None:
-        """Index the packaged current and released schemas of ``models``."""
+    def __init__(self, models: Iterable[type[Event]] | None = None) -> None:
+        """Index the packaged current and released schemas of ``models`` (default: all)."""
+        if models is None:
+            from schemas.models import EVENT_MODELS
+
+            models = EVENT_MODELS
         self._current: dict[type[Event], KnownSchema] = {}
         self._by_fingerprint: dict[bytes, KnownSchema] = {}
         for model in models:

@@ -35,7 +35,7 @@ from typing import Protocol
 
 import idna
 
-from schemas.models import ContactRole
+from schemas.enums import ContactRole
 
 __all__ = [
     "Contact",

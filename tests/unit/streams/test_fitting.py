@@ -27,6 +27,7 @@ from streams.runtime.worker import largest_record_bytes
 from streams.stages.fitting import RECORD_FRAMING_BYTES, encoded_size, fit_event, value_limit
 from streams.stages.mime import (
     DEFAULT_MAX_TEXT_CHARS,
+    EMAIL_NORMALIZED_AVRO,
     RawMessage,
     normalize_message,
     normalized_body,
@@ -164,6 +165,10 @@ def test_a_message_of_many_long_named_parts_is_published_cut_not_refused() -> No
     assert fitted.attachments_dropped > 0
     assert fitted.text == "The files, one part each."
     assert_cut_from(fitted, whole)
+
+
+def test_the_worker_writes_the_schema_of_email_normalized() -> None:
+    assert EmailNormalized.avro_file == EMAIL_NORMALIZED_AVRO
 
 
 def test_the_body_a_worker_sends_is_the_fitted_event_encoded() -> None:

@@ -6,16 +6,24 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from inboxflow.wiring import CPU_POOL_PRELOAD
+from streams.runtime.cpu_pool import CpuPool
+from streams.stages.mime import RawMessage, normalized_bodies
+from tests.unit.streams.test_stages import fetched
 
 
-def test_a_pool_worker_loads_no_http_database_or_kafka_client() -> None:
+def test_a_pool_worker_loads_no_http_database_or_kafka_client_nor_pydantic() -> None:
     # Each pool worker is a fresh interpreter per core: every library it imports is held once
-    # per core. Classifying errors must not pull these in (schemas.errors looks them up lazily).
-    imports = "; ".join(f"import {module}" for module in CPU_POOL_PRELOAD)
-    loaded = "sorted(m for m in ('aiohttp', 'psycopg', 'aiokafka', 'faust') if m in sys.modules)"
+    # per core. Classifying errors must not pull these in (schemas.errors looks them up lazily),
+    # and the parse writes Avro bodies without the models.
+    imports = "; ".join(
+        f"import {module}" for module in [*CPU_POOL_PRELOAD, "streams.runtime.cpu_pool"]
+    )
+    unwanted = ("aiohttp", "psycopg", "aiokafka", "faust", "pydantic", "schemas.models")
+    loaded = f"sorted(m for m in {unwanted!r} if m in sys.modules)"
     probe = f"import sys; print({loaded})"
     found = subprocess.run(  # noqa: S603 - this interpreter and a fixed snippet
         [sys.executable, "-c", f"{imports}; {probe}"], capture_output=True, text=True, check=True
@@ -101,3 +109,17 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     return state not in ("Z", "X")
+
+
+async def test_a_worker_normalizes_mail_without_loading_pydantic() -> None:
+    pool = CpuPool(1, name="test-imports", preload=CPU_POOL_PRELOAD)
+    try:
+        message = RawMessage.of(fetched("03-mixed-attachments.eml", "m1"))
+        [body] = await pool.run(normalized_bodies, [(message, None)], datetime.now(UTC))
+        assert isinstance(body, bytes)
+        probe = (
+            "sorted(m for m in ('pydantic', 'schemas.models') if m in __import__('sys').modules)"
+        )
+        assert await pool.run(eval, probe) == []
+    finally:
+        await pool.aclose()
