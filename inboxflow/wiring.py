@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import faust
 
 from db.agent_state import AgentState
+from inboxflow.kafka_clients import kafka_from as kafka_from
 from inboxflow.settings import Settings
 from schemas.models import SyncRequested
 from schemas.serde import Serde, serde_for
@@ -40,7 +41,6 @@ from streams.stages.gmail.limiter import QuotaLimiter
 from streams.stages.insight import InsightStage
 from streams.stages.normalize import NormalizeStage
 from topics.catalogue import Catalogue, TopicSpec, build_catalogue
-from topics.kafka import KafkaClients, KafkaSecurity
 
 # The Gmail side (Google's client library, its auth and the token cipher, some 15 MiB) is
 # imported where it is built: only the sync group and the account tools need it, and every
@@ -76,31 +76,6 @@ def catalogue_from(settings: Settings, *, namespace: str | None = None) -> Catal
         replication=settings.topic_replication,
         retry_ladders=settings.retry_ladders,
     )
-
-
-def kafka_from(settings: Settings, *, client_id: str = "inboxflow") -> KafkaClients:
-    """Return the builder of every Kafka client, for the configured cluster and its security.
-
-    Every client the project makes (faust apps, producers, consumers, admin clients, operator
-    tools) takes ``INBOXFLOW_KAFKA_SECURITY_PROTOCOL``, the SASL credentials and the TLS files
-    from here.
-
-    Raises:
-        KafkaConfigError: the security settings contradict each other (e.g. SASL_SSL without a
-            password, or a CA file with PLAINTEXT).
-    """
-    secret = settings.kafka_sasl_password
-    password = secret.get_secret_value() if secret is not None else None
-    security = KafkaSecurity(
-        protocol=settings.kafka_security_protocol,
-        mechanism=settings.kafka_sasl_mechanism,
-        username=settings.kafka_sasl_username or None,
-        password=password or None,
-        cafile=settings.kafka_ssl_cafile or None,
-        certfile=settings.kafka_ssl_certfile or None,
-        keyfile=settings.kafka_ssl_keyfile or None,
-    )
-    return KafkaClients(settings.kafka_bootstrap_servers, client_id=client_id, security=security)
 
 
 def serde_from(settings: Settings) -> Serde:

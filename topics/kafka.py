@@ -24,7 +24,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar, get_args
 
-import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import AIOKafkaConnection
@@ -211,6 +210,8 @@ class KafkaSecurity:
         (``faust.transport.drivers.aiokafka.credentials_to_aiokafka_auth``): SASL credentials
         mean SASL_SSL when they carry a TLS context and SASL_PLAINTEXT otherwise.
         """
+        import faust  # here: clients that are not faust apps (sinks, tools, peers) never load it
+
         if self.sasl:
             return faust.SASLCredentials(
                 username=self.username,

@@ -1,7 +1,7 @@
 """``inboxflow bench pipeline``: the normalize agent against the peers a user would pick.
 
 Every side turns the same GmailMessageFetched records (generated mail, realistic MIME) into
-EmailNormalized with the same pure ``normalized_event`` and the same serde; only the plumbing
+EmailNormalized with the same pure ``normalized_body`` and the same serde; only the plumbing
 differs. Each runs as its own process, one after the other, on its own throw-away topics:
 
 - **inboxflow**: ``inboxflow worker --agent normalize``: faust, batches with manual acks, job-state
