@@ -482,9 +482,11 @@ async def _run_batches(
                 records = [record_from_event(event) for event, _ in taken]
                 at_work.append((taken, asyncio.create_task(runner.run_until_done(records))))
     except BaseException as exc:
-        for task in [taking, *(task for _, task in at_work)]:
-            if task is not None:
-                task.cancel()
+        # The batches at work end before the agent does (its publisher stops after it).
+        left = [task for task in (taking, *(task for _, task in at_work)) if task is not None]
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
         await window.close(exc)
         raise
 
