@@ -300,15 +300,6 @@ def encode_body(event: Event) -> bytes:
     return _write_body(default_store().current(type(event)), event.model_dump())
 
 
-def encode_fields_body(model: type[Event], fields: Mapping[str, Any]) -> bytes:
-    """Return the Avro body of a ``model`` event given as its fields, unvalidated, unframed.
-
-    As :meth:`Serde.encode_fields` for a CPU pool worker: the Avro writer refuses a field that
-    does not fit the schema (``PermanentError``); pydantic's rules are the caller's to keep.
-    """
-    return _write_body(default_store().current(model), fields)
-
-
 def decode(data: bytes, model: type[T]) -> T:
     """Return the ``model`` event in single-object-encoded ``data``.
 
