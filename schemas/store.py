@@ -83,18 +83,18 @@ def write_body(
 ) -> bytes:
     """Return the Avro body of ``fields`` in ``parsed`` (fastavro's form; ``flat``: its fast
     writer, if flat); raise ``PermanentError`` naming the field that does not fit."""
-    buffer = io.BytesIO()
     try:
         if flat is not None:
             return flat(fields)
+        buffer = io.BytesIO()
         schemaless_writer(buffer, parsed, fields, strict=True)
+        return buffer.getvalue()
     except (ValueError, TypeError, KeyError) as exc:
         # A model that validated but does not fit its schema is a bug in models.py / the .avsc.
         # fastavro's text quotes the value; only the field it names (the schema's) is repeated.
         field = _FASTAVRO_FIELD.search(str(exc))
         where = f" on field {field.group(1)}" if field else ""
         raise PermanentError(f"cannot encode {full_name}: {safe_error_text(exc)}{where}") from exc
-    return buffer.getvalue()
 
 
 def load_released_schemas(model: type[Event]) -> dict[int, Schema]:
