@@ -114,17 +114,17 @@ _PRIMITIVES: dict[str, _Put] = {
 
 
 def _enum(symbols: list[str]) -> _Put:
-    index = {symbol: _SMALL[i + 64] if i < 64 else None for i, symbol in enumerate(symbols)}
-    order = {symbol: i for i, symbol in enumerate(symbols)}
+    encoded: dict[str, bytes] = {}
+    for index, symbol in enumerate(symbols):
+        varint = bytearray()
+        _varint(varint, index)
+        encoded[symbol] = bytes(varint)
 
     def put(out: bytearray, value: Any) -> None:
-        encoded = index.get(value)
-        if encoded is not None:
-            out += encoded
-        elif value in order:
-            _varint(out, order[value])
-        else:
-            raise ValueError(f"{value!r} is not a symbol of enum {symbols}")
+        try:
+            out += encoded[value]
+        except (KeyError, TypeError):  # TypeError: an unhashable value
+            raise ValueError(f"{value!r} is not a symbol of enum {symbols}") from None
 
     return put
 
