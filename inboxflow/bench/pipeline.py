@@ -59,6 +59,7 @@ class SideFigures:
     name: str
     messages_per_second: float  # first output to last
     cpu_seconds_per_1000: float  # CPU of the process tree, first output to last
+    main_cpu_seconds_per_1000: float  # of the process itself (without its CPU pool)
     cpu_seconds_total: float  # from start to the last output, start-up included
     peak_rss_mib: float  # VmHWM, summed over the process tree
     main_peak_rss_mib: float  # VmHWM of the process itself (without its CPU pool)
@@ -102,13 +103,14 @@ class PipelineBenchResult:
     def table(self) -> list[str]:
         """Return the figures as text lines: a row per side, then inboxflow / peer ratios."""
         lines = [
-            f"{'side':<10} {'msg/s':>8} {'CPU-s/1k':>9} {'CPU-s all':>9} "
+            f"{'side':<10} {'msg/s':>8} {'CPU-s/1k':>9} {'main CPU':>9} {'CPU-s all':>9} "
             f"{'peak MiB':>9} {'main MiB':>9} {'peak PSS':>9} {'1st out s':>9}"
         ]
         for side in (self.inboxflow, *self.peers.values()):
             lines.append(
                 f"{side.name:<10} {side.messages_per_second:>8,.0f} "
-                f"{side.cpu_seconds_per_1000:>9.3f} {side.cpu_seconds_total:>9.2f} "
+                f"{side.cpu_seconds_per_1000:>9.3f} {side.main_cpu_seconds_per_1000:>9.3f} "
+            f"{side.cpu_seconds_total:>9.2f} "
                 f"{side.peak_rss_mib:>9.1f} {side.main_peak_rss_mib:>9.1f} "
                 f"{side.peak_pss_mib:>9.1f} {side.first_output_seconds:>9.2f}"
             )
@@ -177,6 +179,8 @@ class _Watch:
     arrivals: list[float]
     cpu_at_first: float = 0.0
     cpu_at_last: float = 0.0
+    main_cpu_at_first: float = 0.0
+    main_cpu_at_last: float = 0.0
     peak_rss_mib: float = 0.0
     main_peak_rss_mib: float = 0.0
     peak_pss_mib: float = 0.0
@@ -198,10 +202,12 @@ async def _watch(
             got = sum(len(records) for records in batch.values())
             if got and not watch.arrivals:
                 watch.cpu_at_first = _tree_cpu_seconds(process.pid)
+                watch.main_cpu_at_first = _cpu_seconds(process.pid)
             watch.arrivals += [now] * got
     if len(watch.arrivals) < count:
         raise TimeoutError(f"only {len(watch.arrivals)} of {count} outputs on {topic}")
     watch.cpu_at_last = _tree_cpu_seconds(process.pid)
+    watch.main_cpu_at_last = _cpu_seconds(process.pid)
     watch.peak_rss_mib = _tree_peak_rss_mib(process.pid)
     watch.main_peak_rss_mib = _peak_rss_mib(process.pid)
     return watch
@@ -228,14 +234,15 @@ def _tree(pid: int) -> list[int]:
 
 
 def _tree_cpu_seconds(pid: int) -> float:
-    ticks = 0
-    for member in _tree(pid):
-        try:
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return sum(_cpu_seconds(member) for member in _tree(pid))
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # the process ended while we looked
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def _tree_peak_rss_mib(pid: int) -> float:
@@ -288,6 +295,9 @@ async def _run_side(
         messages_per_second=round(_rate(count, watch.arrivals), 1),
         cpu_seconds_per_1000=round(
             (watch.cpu_at_last - watch.cpu_at_first) * 1000 / max(count - 1, 1), 3
+        ),
+        main_cpu_seconds_per_1000=round(
+            (watch.main_cpu_at_last - watch.main_cpu_at_first) * 1000 / max(count - 1, 1), 3
         ),
         cpu_seconds_total=round(watch.cpu_at_last, 2),
         peak_rss_mib=round(watch.peak_rss_mib, 1),

@@ -12,11 +12,18 @@ from typing import Any
 
 import faust
 from faust.tables import TableManager
+from faust.types import TransportT
 
+from streams.runtime.consumer import DeliveringTransport
 from topics.kafka import KafkaClients
 
 
 class _App(faust.App):
+    def _new_transport(self) -> TransportT:
+        # faust would pick its aiokafka transport by the broker URL's scheme (kafka://); this
+        # one delivers records without a task each (see streams.runtime.consumer).
+        return DeliveringTransport(self.conf.broker_consumer, self)
+
     async def on_first_start(self) -> None:
         # faust's only first-start step makes ``<app_id>-data/`` in the working directory for
         # table stores; with no tables it is litter, one folder per consumer group and run.
