@@ -110,7 +110,7 @@ class PipelineBenchResult:
             lines.append(
                 f"{side.name:<10} {side.messages_per_second:>8,.0f} "
                 f"{side.cpu_seconds_per_1000:>9.3f} {side.main_cpu_seconds_per_1000:>9.3f} "
-            f"{side.cpu_seconds_total:>9.2f} "
+                f"{side.cpu_seconds_total:>9.2f} "
                 f"{side.peak_rss_mib:>9.1f} {side.main_peak_rss_mib:>9.1f} "
                 f"{side.peak_pss_mib:>9.1f} {side.first_output_seconds:>9.2f}"
             )

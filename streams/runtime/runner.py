@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
+from typing import Any
 
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from prometheus_client import Gauge
@@ -82,13 +83,19 @@ class StageRunner:
         self.ladder = group.retry_tiers
         self.processing_state_after = processing_state_after
 
-    async def run(self, records: Sequence[Record]) -> None:
+    async def run(
+        self, records: Sequence[Record], *, after: asyncio.Future[Any] | None = None
+    ) -> None:
         """Process records (any partitions), keeping each partition's order; publish the results.
 
         Partitions are processed concurrently: they hold different users, so one user's slow
         work does not wait on another's, while one user's records stay in order. If one
         partition fails, the others are cancelled before this returns: a caller that runs the
         batch again must not find a partition of the first try still running beside it.
+
+        ``after``: the previous batch's run, when batches are at work at once. This one is
+        processed meanwhile but publishes only once that one is done (its retries included),
+        so a partition's results reach Kafka in the order of its records.
         """
         by_partition = [
             list(group)
@@ -99,9 +106,11 @@ class StageRunner:
         ]
         async with asyncio.TaskGroup() as partitions:
             for batch in by_partition:
-                partitions.create_task(self._run_partition(batch))
+                partitions.create_task(self._run_partition(batch, after))
 
-    async def run_until_done(self, records: Sequence[Record]) -> None:
+    async def run_until_done(
+        self, records: Sequence[Record], *, after: asyncio.Future[Any] | None = None
+    ) -> None:
         """Run a batch until it has gone through; only cancellation (shutdown) stops trying.
 
         A batch must never be dropped unacked: faust would then skip a lone missing offset at
@@ -111,7 +120,7 @@ class StageRunner:
         delay = 0.5
         while True:
             try:
-                await self.run(records)
+                await self.run(records, after=after)
             except Exception:
                 log.exception(
                     "batch failed group=%s records=%s; retrying in %.1fs",
@@ -124,7 +133,9 @@ class StageRunner:
             else:
                 return
 
-    async def _run_partition(self, records: list[Record]) -> None:
+    async def _run_partition(
+        self, records: list[Record], after: asyncio.Future[Any] | None
+    ) -> None:
         started_at = time.perf_counter()
         breakers = [self.breakers.get(name) for name in self.stage.dependencies(records)]
         await self._wait_for(breakers)
@@ -141,6 +152,9 @@ class StageRunner:
             for record, ref, attempt, outcome in zip(records, refs, attempts, outcomes, strict=True)
         ]
         await self._settle_best_effort(started)
+        if after is not None and not after.done():
+            # wait(), not await: this partition's cancellation must not cancel that batch.
+            await asyncio.wait([after])
         # Results first, then the states that report them: a job is never `done` (or
         # `retrying`) in Postgres while the record that says so is missing from Kafka.
         await self._publish_until_acked(items, _Wave.RESULTS)

@@ -57,9 +57,9 @@ class BatchConfig:
     ``in_flight``: batches at work at once. One unless the stage's records are independent of
     each other (no state, no hook that a later record relies on): with two, the next batch is
     decoded and parsed while the last one's results are being published and acknowledged, so a
-    CPU pool does not sit idle through each publish. The results of one partition may then
-    reach Kafka out of order across batches; batches are still acked in order, each only once
-    its results are safe, so a crash loses nothing.
+    CPU pool does not sit idle through each publish. A batch publishes only once the one
+    before it is done, so a partition's results still reach Kafka in order, and batches are
+    acked in order, each only once its results are safe, so a crash loses nothing.
     """
 
     size: int = 100
@@ -480,7 +480,10 @@ async def _run_batches(
             elif taking is not None and taking.done():
                 taken, taking = taking.result(), None
                 records = [record_from_event(event) for event, _ in taken]
-                at_work.append((taken, asyncio.create_task(runner.run_until_done(records))))
+                after = at_work[-1][1] if at_work else None  # publishes once that one is done
+                at_work.append(
+                    (taken, asyncio.create_task(runner.run_until_done(records, after=after)))
+                )
     except BaseException as exc:
         # The batches at work end before the agent does (its publisher stops after it).
         left = [task for task in (taking, *(task for _, task in at_work)) if task is not None]

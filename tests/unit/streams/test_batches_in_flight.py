@@ -46,10 +46,14 @@ class Runner:
     release: dict[int, asyncio.Event] = field(default_factory=dict)
     running: int = 0
     most_at_once: int = 0
+    after: list[asyncio.Future[Any] | None] = field(default_factory=list)  # each batch's
 
-    async def run_until_done(self, records: Sequence[Record]) -> None:
+    async def run_until_done(
+        self, records: Sequence[Record], *, after: asyncio.Future[Any] | None = None
+    ) -> None:
         offsets = [record.offset for record in records]
         self.started.append(offsets)
+        self.after.append(after)
         gate = self.release.setdefault(offsets[0], asyncio.Event())
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)
@@ -119,6 +123,10 @@ async def test_two_in_flight_run_the_next_batch_during_the_last_and_ack_in_order
         await wait_until(lambda: len(runner.started) == 2)
         assert runner.started == [[0, 1], [2, 3]]
         assert runner.most_at_once == 2
+        first, second = runner.after
+        assert first is None  # nothing before it
+        assert second is not None  # publishes after the first batch...
+        assert not second.done()  # ...which is still at work
 
         runner.release[2].set()  # the second batch is done first: its acks wait
         await settle()

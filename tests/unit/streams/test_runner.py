@@ -153,6 +153,34 @@ async def test_success_publishes_outputs_and_processing_then_done_with_rising_ve
     assert failure_topics(publisher) == {}
 
 
+async def test_a_batch_processed_early_publishes_only_once_the_batch_before_it_is_done() -> None:
+    publisher = MemoryPublisher()
+    stage = ScriptedStage()
+    before: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    second = asyncio.create_task(runner(stage, publisher).run([record(8, b"m-2")], after=before))
+    await async_wait_until(lambda: len(stage.batches) == 1, timeout=10.0, interval=0.005)
+    for _ in range(50):  # turns of the loop in which it could have published
+        await asyncio.sleep(0)
+
+    assert publisher.on(OUTPUT) == []  # processed, waiting for the batch before it
+    before.set_result(None)
+    await asyncio.wait_for(second, timeout=10.0)
+    assert publisher.on(OUTPUT) == [Outgoing(OUTPUT, b"user-1", b"out:m-2")]
+
+
+async def test_a_batch_cancelled_while_it_waits_leaves_the_batch_before_it_running() -> None:
+    stage = ScriptedStage()
+    before: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiting = asyncio.create_task(
+        runner(stage, MemoryPublisher()).run([record(8, b"m-2")], after=before)
+    )
+    await async_wait_until(lambda: len(stage.batches) == 1, timeout=10.0, interval=0.005)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert not before.cancelled()
+
+
 async def test_after_publish_hook_runs_once_outputs_are_acked_and_its_failure_is_swallowed() -> (
     None
 ):
