@@ -26,6 +26,7 @@ from inboxflow.logs import bind
 from inboxflow.settings import Settings
 from inboxflow.wiring import AGENTS, build_worker, catalogue_from, kafka_from
 from schemas.errors import TransientError
+from streams.runtime.heap import settle_after_start
 from streams.runtime.liveness import StallTracker, export_stalls
 from topics.kafka import KafkaClients
 
@@ -111,6 +112,7 @@ def run_agent(agent: str, settings: Settings, *, loglevel: str = "WARNING") -> N
         override_logging=False,
     )
     worker.spinner = None  # faust then logs "Ready" instead of drawing on stdout
+    settle_after_start()  # this process's long-lived objects are made: keep them out of GC
     worker.execute_from_commandline()
 
 

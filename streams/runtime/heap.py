@@ -9,6 +9,14 @@ of work, when every agent's window has emptied (never while records wait, and ne
 that is busy).
 
 Where the C library has no ``malloc_trim`` (musl, macOS) this does nothing.
+
+The cyclic garbage collector is tuned once an agent process has built its app
+(``settle_after_start``): what start-up made (faust, aiokafka, the models: most of the heap)
+is frozen out of every later collection, and the young generation is collected every 50,000
+allocations instead of 700. A normalize agent spent a fifth of its CPU in the collector, walking
+the same long-lived objects and the records of the batches at work again and again (1.1 of 5.9
+CPU-seconds over 8,000 messages; 0.3 with both). Nearly everything an agent allocates is freed
+by reference counting, so garbage in cycles waits a little longer, nothing more.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -32,6 +41,15 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 _TRIM = _malloc_trim()
+YOUNG_COLLECTION_EVERY = 50_000  # allocations; CPython's default is 700
+
+
+def settle_after_start() -> None:
+    """Freeze the objects start-up made out of later collections; collect the young less often."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, middle, old)
 
 
 def release_free_memory() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,3 +52,18 @@ async def test_memory_is_released_once_after_work_and_only_with_every_window_emp
     assert not await trim.maybe_release()  # nothing new since
     trim.worked()
     assert await trim.maybe_release() == sys.platform.startswith("linux")
+
+
+def test_after_start_the_heap_is_frozen_and_young_objects_collected_less_often() -> None:
+    # In a child interpreter: freezing would keep this test process's garbage for good.
+    code = (
+        "import gc; from streams.runtime.heap import settle_after_start, YOUNG_COLLECTION_EVERY;"
+        "made = [[n] for n in range(1000)]; before = gc.get_threshold();"
+        "settle_after_start();"
+        "print(gc.get_freeze_count() >= 1000, gc.get_threshold()[0] == YOUNG_COLLECTION_EVERY,"
+        " gc.get_threshold()[1:] == before[1:])"
+    )
+    found = subprocess.run(  # noqa: S603 - this interpreter, a fixed snippet
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert found.stdout.split() == ["True", "True", "True"]
