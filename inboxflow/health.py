@@ -21,21 +21,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
-import psycopg
 from aiohttp import web
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-from psycopg.conninfo import conninfo_to_dict
 
 from inboxflow.settings import Settings
 from inboxflow.wiring import kafka_from
 from schemas.errors import InboxflowError, safe_error_text
-from sinks.base import PostgresSink
 from streams.runtime.liveness import StallTracker
 from topics.kafka import KafkaClients
+
+if TYPE_CHECKING:
+    from sinks.base import PostgresSink
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,9 @@ class CachedCheck:
 
 def postgres_check(conninfo: str) -> ReadinessCheck:
     """Return a check that connects to Postgres and runs ``SELECT 1``."""
+    # Imported here: an agent that keeps nothing in Postgres never loads psycopg and libpq.
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
 
     # Where, never how: the URL's password stays out of the answer (psycopg's messages are
     # withheld by safe_error_text for the same reason).
@@ -249,13 +252,17 @@ class HealthService(Service):
         await self.server.stop()
 
 
-def agent_health(app: faust.App, settings: Settings, stalls: StallTracker) -> HealthService:
-    """Return the health service of one agent process (its faust worker starts it)."""
-    checks = {
-        "group": faust_group_check(app),
-        "postgres": postgres_check(settings.database_url.get_secret_value()),
-        "kafka": kafka_check(kafka_from(settings, client_id=f"{app.conf.id}-health")),
-    }
+def agent_health(
+    app: faust.App, settings: Settings, stalls: StallTracker, *, postgres: bool
+) -> HealthService:
+    """Return the health service of one agent process (its faust worker starts it).
+
+    ``postgres``: the group keeps state in Postgres, so it is not ready while Postgres is not.
+    """
+    checks = {"group": faust_group_check(app)}
+    if postgres:
+        checks["postgres"] = postgres_check(settings.database_url.get_secret_value())
+    checks["kafka"] = kafka_check(kafka_from(settings, client_id=f"{app.conf.id}-health"))
     server = HealthServer(
         settings.health_host, settings.metrics_port, trackers=[stalls], checks=checks
     )

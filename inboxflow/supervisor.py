@@ -24,7 +24,7 @@ from mode import ServiceT
 from inboxflow.health import agent_health
 from inboxflow.logs import bind
 from inboxflow.settings import Settings
-from inboxflow.wiring import AGENTS, build_worker, catalogue_from, kafka_from
+from inboxflow.wiring import AGENTS, POSTGRES_AGENTS, build_worker, catalogue_from, kafka_from
 from schemas.errors import TransientError
 from streams.runtime.heap import settle_after_start
 from streams.runtime.liveness import StallTracker, export_stalls
@@ -102,7 +102,7 @@ def run_agent(agent: str, settings: Settings, *, loglevel: str = "WARNING") -> N
     # /metrics, /healthz and /readyz on the worker's own event loop (inboxflow.health).
     services: list[ServiceT] = []
     if settings.metrics_port:
-        services.append(agent_health(app, settings, stalls))
+        services.append(agent_health(app, settings, stalls, postgres=agent in POSTGRES_AGENTS))
     worker = faust.Worker(
         app,
         *services,

@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 
 import faust
 
-from db.agent_state import AgentState
 from inboxflow.kafka_clients import kafka_from as kafka_from
 from inboxflow.settings import Settings
 from schemas.models import SyncRequested
@@ -29,30 +28,26 @@ from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.stage import Stage
 from streams.runtime.worker import BatchConfig, build_worker_app, largest_record_bytes
 from streams.stages.base import event_record
-from streams.stages.chunk_vectors import PostgresChunkVectors
-from streams.stages.embed import EmbedStage
-from streams.stages.embedding import (
-    EmbeddingProvider,
-    LocalEmbeddingProvider,
-    OpenAIEmbeddingProvider,
-)
-from streams.stages.extract import ExtractStage
 from streams.stages.gmail.limiter import QuotaLimiter
-from streams.stages.insight import InsightStage
-from streams.stages.normalize import NormalizeStage
 from topics.catalogue import Catalogue, TopicSpec, build_catalogue
 
-# The Gmail side (Google's client library, its auth and the token cipher, some 15 MiB) is
-# imported where it is built: only the sync group and the account tools need it, and every
-# other worker process would hold it for nothing.
+# A group's stages and clients are imported where they are built: the Gmail side (Google's
+# client library, its auth and the token cipher, some 15 MiB) only for the sync group and the
+# account tools, Postgres (psycopg and libpq, about 8 MiB) only for the groups that keep state
+# there, the embedding client only for embed. Every other worker process would hold them for
+# nothing.
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
 
+    from db.agent_state import AgentState
     from db.token_cipher import KeyRing
+    from streams.stages.chunk_vectors import PostgresChunkVectors
+    from streams.stages.embedding import EmbeddingProvider
     from streams.stages.gmail.client import GmailClient
     from streams.stages.gmail.credentials import CredentialsProvider
 
 AGENTS = ("sync", "normalize", "extract", "embed", "insight")
+POSTGRES_AGENTS = frozenset({"sync", "embed", "insight"})  # keep state there (Resources)
 # Records an agent takes at once unless INBOXFLOW_BATCH_SIZE says. Agents whose work is local
 # CPU take many: a batch pays Kafka's acknowledgement round trip and the CPU pool's hand-overs
 # once (the normalize agent: 1,518 -> 2,271 messages/s and a seventh less CPU per message from
@@ -161,6 +156,8 @@ def embedding_provider_from(
     settings: Settings, *, pool: CpuPool | None = None
 ) -> EmbeddingProvider:
     """Return the configured embedding provider; the local model runs in ``pool``."""
+    from streams.stages.embedding import LocalEmbeddingProvider, OpenAIEmbeddingProvider
+
     if settings.embedding_provider == "openai":
         return OpenAIEmbeddingProvider(
             base_url=settings.embedding_api_url,
@@ -214,6 +211,8 @@ class Resources:
     @property
     def state(self) -> AgentState:
         """Agent state in Postgres."""
+        from db.agent_state import AgentState
+
         if self._state is None:
             self._state = AgentState(self.settings.database_url.get_secret_value())
         return self._state
@@ -235,6 +234,8 @@ class Resources:
     @property
     def chunk_vectors(self) -> PostgresChunkVectors:
         """Vectors of chunks each user's mail already had embedded (Postgres)."""
+        from streams.stages.chunk_vectors import PostgresChunkVectors
+
         if self._chunk_vectors is None:
             self._chunk_vectors = PostgresChunkVectors(
                 self.settings.database_url.get_secret_value()
@@ -310,6 +311,8 @@ def build_stages(agent: str, catalogue: Catalogue, resources: Resources) -> Mapp
             ),
         }
     if agent == "normalize":
+        from streams.stages.normalize import NormalizeStage
+
         stage: Stage = NormalizeStage(
             serde=serde,
             normalized_topic=catalogue.email_normalized.name,
@@ -320,11 +323,15 @@ def build_stages(agent: str, catalogue: Catalogue, resources: Resources) -> Mapp
         )
         return {catalogue.message_fetched.name: stage}
     if agent == "extract":
+        from streams.stages.extract import ExtractStage
+
         stage = ExtractStage(
             serde=serde, contacts_topic=catalogue.contact_extracted.name, timeout=timeouts.extract
         )
         return {catalogue.email_normalized.name: stage}
     if agent == "embed":
+        from streams.stages.embed import EmbedStage
+
         local = settings.embedding_provider == "local"
         stage = EmbedStage(
             serde=serde,
@@ -339,6 +346,8 @@ def build_stages(agent: str, catalogue: Catalogue, resources: Resources) -> Mapp
         )
         return {catalogue.email_normalized.name: stage}
     if agent == "insight":
+        from streams.stages.insight import InsightStage
+
         stage = InsightStage(
             serde=serde,
             state=resources.state,

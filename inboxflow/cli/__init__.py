@@ -10,7 +10,6 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from db.migrate import apply_migrations
 from inboxflow.logs import configure_logging
 from inboxflow.settings import Settings
 from schemas.errors import safe_error_text
@@ -83,6 +82,8 @@ def db() -> None:
 @click.pass_obj
 def migrate(settings: Settings) -> None:
     """Apply pending migrations to DATABASE_URL (idempotent)."""
+    from db.migrate import apply_migrations  # psycopg: not for every command's process
+
     applied = apply_migrations(settings.database_url.get_secret_value())
     click.echo(f"Applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}.")
 

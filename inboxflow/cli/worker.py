@@ -6,15 +6,18 @@ import asyncio
 import os
 import signal
 import time
+from typing import TYPE_CHECKING
 
 import click
-import psycopg
 
-from db.accounts import Account, AccountState, find_accounts
 from inboxflow.settings import Settings
 from inboxflow.supervisor import check_kafka, run_agent, start_all
 from inboxflow.wiring import AGENTS, request_syncs
 from schemas.errors import InboxflowError
+
+# Postgres is imported by the commands that read accounts: an agent process never does.
+if TYPE_CHECKING:
+    from db.accounts import Account
 
 
 @click.command()
@@ -108,6 +111,8 @@ def require_active(accounts: list[Account], users: tuple[str, ...]) -> list[Acco
     Raises:
         click.ClickException: a user is not registered or not active, with the command to fix it.
     """
+    from db.accounts import AccountState
+
     found = {a.user_id: a for a in accounts}
     for user in users:
         account = found.get(user.lower())
@@ -123,6 +128,10 @@ def require_active(accounts: list[Account], users: tuple[str, ...]) -> list[Acco
 
 
 async def _accounts(settings: Settings, users: tuple[str, ...]) -> list[Account]:
+    import psycopg
+
+    from db.accounts import find_accounts
+
     conninfo = settings.database_url.get_secret_value()
     async with await psycopg.AsyncConnection.connect(conninfo) as conn:
         return await find_accounts(conn, users)

@@ -157,7 +157,7 @@ def test_agent_sink_and_scheduler_serve_metrics_liveness_and_readiness(
         assert body["checks"]["group"]["detail"].startswith(
             ("joined group=" + catalogue.extract.group_id, "rebalancing")
         )
-        assert set(body["checks"]) == {"group", "postgres", "kafka"}
+        assert set(body["checks"]) == {"group", "kafka"}  # extract keeps nothing in Postgres
         assert get_json(f"{agent_url}/healthz") == (
             200,
             {"status": "ok", "stall_bound_seconds": 480.0, "waiting": []},
@@ -212,8 +212,9 @@ def test_a_stalled_partition_fails_liveness_and_a_lost_database_readiness(
     output = catalogue.contact_extracted.name
     topics = [spec for spec in catalogue.topics if spec.name != output]  # extract cannot publish
     asyncio.run(ensure_topics(kafka_from(settings), topics))
-    port = free_ports(1)
+    port = free_ports(2)
     url = f"http://127.0.0.1:{port}"
+    insight_url = f"http://127.0.0.1:{port + 1}"  # a group that keeps its state in Postgres
     env = {
         **process_env(stack, namespace, port, "postgresql://inboxflow@127.0.0.1:9/inboxflow"),
         # Deadlines short enough to allow a 5 s bound (it must exceed every stage's).
@@ -226,22 +227,26 @@ def test_a_stalled_partition_fails_liveness_and_a_lost_database_readiness(
         "INBOXFLOW_TIMEOUTS__SYNC_PER_1000_MESSAGES": "0",
         "INBOXFLOW_LIVENESS_STALL_SECONDS": "5",
     }
-    group = start_all(env, agents=["extract"], sinks=(), sources=(), log_dir=tmp_path)
+    group = start_all(env, agents=["extract", "insight"], sinks=(), sources=(), log_dir=tmp_path)
     try:
 
-        def joined() -> dict[str, Any] | None:
+        def joined(at: str) -> dict[str, Any] | None:
             alive(group, tmp_path)
-            status, body = get_json(f"{url}/readyz")
+            status, body = get_json(f"{at}/readyz")
             checks = body.get("checks", {})
             return body if status and checks["group"]["ok"] and checks["kafka"]["ok"] else None
 
-        body = wait_until(joined, timeout=120, interval=0.5, message="the agent joined")
-        # Joined and Kafka answers, but Postgres does not: not ready.
-        assert get_json(f"{url}/readyz")[0] == 503
+        body = wait_until(lambda: joined(insight_url), timeout=120, interval=0.5, message="joined")
+        # Joined and Kafka answers, but Postgres, where insight keeps its state, does not.
+        assert get_json(f"{insight_url}/readyz")[0] == 503
         assert body["status"] == "not ready"
         assert body["failing"] == ["postgres"]
         assert "127.0.0.1" in body["checks"]["postgres"]["detail"]
-        assert get_json(f"{url}/healthz")[0] == 200  # idle: live
+        assert get_json(f"{insight_url}/healthz")[0] == 200  # idle: live
+        # Extract never touches Postgres: ready without it.
+        body = wait_until(lambda: joined(url), timeout=120, interval=0.5, message="joined")
+        assert get_json(f"{url}/readyz")[0] == 200
+        assert "postgres" not in body["checks"]
 
         source = catalogue.email_normalized.name
         partition = asyncio.run(produce(settings, source))
