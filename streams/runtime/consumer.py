@@ -12,19 +12,28 @@ first runs in the fetcher's own task up to its first suspension; only one that d
 on through faust's ``wait_first``, from where it stopped, so it can still be interrupted. One
 that completes at once ends as it would have in its own task: tasks first run in the order they
 were made, so faust's delivery task would have completed too before the others were looked at.
+
+The agents take events from their channel with :func:`channel_events`, not faust's stream
+iterator: that iterator skips an event fetched before a rebalance, or taken while the flow is
+suspended for one, and acks it. A later commit then moves past a record nobody processed (seen:
+179 embed jobs never done after a second embed process joined; the embed agent kept reading
+its buffer while faust waited for its batch at work). Here such an event is dropped unacked;
+faust seeks every partition back to its committed offset after a rebalance, so it comes again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
-from collections.abc import Awaitable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator
 from typing import Any
 
+import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitArgT, WaitResults
 from mode.utils.times import Seconds
 
-__all__ = ["DeliveringConsumer", "DeliveringTransport"]
+__all__ = ["DeliveringConsumer", "DeliveringTransport", "channel_events"]
 
 # Set in the fetcher's draining task only: wait_first takes the short way for its calls alone.
 _DRAINING: contextvars.ContextVar[bool] = contextvars.ContextVar("draining", default=False)
@@ -102,3 +111,36 @@ class _Resumed(Awaitable[Any]):
                 waiting_on = coro.send(sent)
             except StopIteration as finished:
                 return finished.value
+
+
+YIELD_EVERY = 100  # events taken from a full buffer before other tasks get a turn
+
+
+async def channel_events(
+    queue: asyncio.Queue[Any], app: faust.App
+) -> AsyncIterator[faust.types.EventT[Any]]:
+    """Yield the events faust delivers to an agent's channel ``queue``, tracked for acking.
+
+    An event from before the current rebalance generation, or taken while the flow is
+    suspended, is dropped without an ack (faust's iterator acks it; see the module's note).
+    Events already in the queue are taken without a turn of the event loop each.
+    """
+    consumer = app.consumer
+    acking_topics = app.topics.acking_topics
+    since_yield = 0
+    while True:
+        if queue.empty() or since_yield >= YIELD_EVERY:
+            since_yield = 0
+            event = await queue.get()  # raises what faust threw into the channel
+        else:
+            since_yield += 1
+            event = queue.get_nowait()
+        message = event.message
+        if not app.flow_control.is_active() or (
+            message.generation_id != app.consumer_generation_id
+        ):
+            continue  # fetched again from the committed offset once the rebalance is over
+        if message.topic in acking_topics and not message.tracked:
+            message.tracked = True
+            consumer.track_message(message)  # unacked until the agent acks it
+        yield event

@@ -30,6 +30,7 @@ from schemas.errors import InboxflowError
 from schemas.serde import Serde
 from streams.runtime.app import create_app
 from streams.runtime.byte_gate import ByteGate, GatedTopic, message_bytes
+from streams.runtime.consumer import channel_events
 from streams.runtime.heap import IdleTrim
 from streams.runtime.liveness import StallTracker
 from streams.runtime.publisher import KafkaPublisher
@@ -429,12 +430,14 @@ def _add_agent(
         # ones as the budget allows, where faust's take() could only count them.
         manual = cast(faust.Stream[bytes], stream).noack()
         window = TakenWindow(window_bytes, max_events=ahead * batch.size)
-        gate.attach(window, cast(faust.ChannelT[bytes], stream.channel).queue)
+        queue = cast(faust.ChannelT[bytes], stream.channel).queue
+        gate.attach(window, queue)
         batches = asyncio.create_task(
             _run_batches(window, manual, runner, batch, stalls, gate, trim.worked)
         )
         try:
-            async for event in manual.events():
+            # Not faust's stream iterator: it acks the events a rebalance makes it skip.
+            async for event in channel_events(queue, app):
                 if stalls is not None:  # waiting from now: in faust's hands, then the window
                     stalls.arrived(event.message.topic, event.message.partition)
                 size = event_bytes(event)

@@ -9,12 +9,17 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator
+from typing import Any
 
+import faust
 import pytest
+from faust.types.tuples import ConsumerMessage
+from mode.utils.queues import ThrowableQueue
 
 from streams.runtime import consumer as delivery
 from streams.runtime.app import create_app
-from streams.runtime.consumer import DeliveringConsumer
+from streams.runtime.consumer import DeliveringConsumer, channel_events
+from tests.helpers import async_wait_until
 from topics.kafka import KafkaClients
 
 
@@ -138,3 +143,83 @@ async def test_other_callers_and_a_stopped_consumer_go_through_faust(
     consumer._stopped.set()  # stopping: faust's answer, "stopped", whatever finished
     *_, stopped = await _as_drainer(consumer, deliver(), asyncio.Event().wait())  # type: ignore[misc]
     assert stopped
+
+
+# --- the agent's events: faust's skipped events are dropped, not acked ---------------------------
+
+TOPIC = "inboxflow-test.mail.email-normalized.v1"
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[faust.App]:
+    made = create_app("inboxflow-test-events", kafka=KafkaClients("127.0.0.1:1"))
+    made.topics._acking_topics.add(TOPIC)  # as faust does for an agent's noack topic
+    made.consumer_generation_id = 3
+    made.flow_control.resume()  # as faust does once partitions are assigned
+    yield made
+    made.consumer._thread.thread_loop.close()
+
+
+def event_at(app: faust.App, offset: int, *, generation: int = 3) -> faust.types.EventT[Any]:
+    message = ConsumerMessage(  # what faust's aiokafka consumer makes of a record
+        TOPIC, 0, offset, 0.0, 0, [], b"user", b"mail", None, generation_id=generation
+    )
+    return faust.Event(app, b"user", b"mail", [], message)
+
+
+async def take(events: AsyncIterator[faust.types.EventT[Any]], count: int) -> list[int]:
+    return [(await asyncio.wait_for(anext(events), 5.0)).message.offset for _ in range(count)]
+
+
+async def test_events_of_this_generation_come_in_order_tracked_for_their_ack(
+    app: faust.App,
+) -> None:
+    queue: ThrowableQueue[Any] = ThrowableQueue(maxsize=100, flow_control=app.flow_control)
+    delivered = [event_at(app, offset) for offset in range(3)]
+    for item in delivered:
+        queue.put_nowait(item)
+    events = channel_events(queue, app)
+
+    assert await take(events, 3) == [0, 1, 2]
+    assert all(item.message.tracked for item in delivered)
+    # Waiting for their acks (faust's set of unacked messages holds them weakly: kept above).
+    assert sorted(m.offset for m in app.consumer.unacked) == [0, 1, 2]
+
+
+async def test_an_event_from_before_a_rebalance_is_dropped_unacked(app: faust.App) -> None:
+    queue: ThrowableQueue[Any] = ThrowableQueue(maxsize=100, flow_control=app.flow_control)
+    stale = event_at(app, 0, generation=2)  # fetched before the current generation
+    for item in (stale, event_at(app, 1)):
+        queue.put_nowait(item)
+
+    assert await take(channel_events(queue, app), 1) == [1]
+    assert not stale.message.acked  # faust's iterator would have acked it: a later commit
+    assert stale.message not in app.consumer.unacked  # would have passed it, never processed
+
+
+async def test_events_taken_while_the_flow_is_suspended_are_dropped_unacked(
+    app: faust.App,
+) -> None:
+    queue: ThrowableQueue[Any] = ThrowableQueue(maxsize=100, flow_control=app.flow_control)
+    during = [event_at(app, offset) for offset in range(2)]
+    for item in during:
+        queue.put_nowait(item)
+    events = channel_events(queue, app)
+    app.flow_control.suspend()  # a rebalance under way: faust seeks back once it is over
+    waiting = asyncio.create_task(take(events, 1))
+    await async_wait_until(queue.empty, timeout=5.0, interval=0.005)
+
+    app.flow_control.resume()
+    queue.put_nowait(event_at(app, 0))  # fetched again from the committed offset
+    assert await waiting == [0]
+    assert not any(item.message.acked or item.message.tracked for item in during)
+
+
+async def test_an_error_faust_throws_into_the_channel_is_raised(app: faust.App) -> None:
+    queue: ThrowableQueue[Any] = ThrowableQueue(maxsize=100, flow_control=app.flow_control)
+    events = channel_events(queue, app)
+    waiting = asyncio.create_task(take(events, 1))
+    await asyncio.sleep(0)  # a turn: the reader now waits on the empty queue
+    await queue.throw(RuntimeError("consumer crashed"))
+    with pytest.raises(RuntimeError, match="consumer crashed"):
+        await waiting
