@@ -167,6 +167,14 @@ def event_at(app: faust.App, offset: int, *, generation: int = 3) -> faust.types
     return faust.Event(app, b"user", b"mail", [], message)
 
 
+def buffer_of(app: faust.App, *events: faust.types.EventT[Any]) -> ThrowableQueue[Any]:
+    """An agent's channel buffer (faust's kind of queue) holding ``events``."""
+    queue: ThrowableQueue[Any] = ThrowableQueue(maxsize=100, flow_control=app.flow_control)
+    for item in events:
+        queue.put_nowait(item)
+    return queue
+
+
 async def take(events: AsyncIterator[faust.types.EventT[Any]], count: int) -> list[int]:
     return [(await asyncio.wait_for(anext(events), 5.0)).message.offset for _ in range(count)]
 
@@ -174,11 +182,8 @@ async def take(events: AsyncIterator[faust.types.EventT[Any]], count: int) -> li
 async def test_events_of_this_generation_come_in_order_tracked_for_their_ack(
     app: faust.App,
 ) -> None:
-    queue: ThrowableQueue[Any] = ThrowableQueue(maxsize=100, flow_control=app.flow_control)
     delivered = [event_at(app, offset) for offset in range(3)]
-    for item in delivered:
-        queue.put_nowait(item)
-    events = channel_events(queue, app)
+    events = channel_events(buffer_of(app, *delivered), app)
 
     assert await take(events, 3) == [0, 1, 2]
     assert all(item.message.tracked for item in delivered)
@@ -187,10 +192,8 @@ async def test_events_of_this_generation_come_in_order_tracked_for_their_ack(
 
 
 async def test_an_event_from_before_a_rebalance_is_dropped_unacked(app: faust.App) -> None:
-    queue: ThrowableQueue[Any] = ThrowableQueue(maxsize=100, flow_control=app.flow_control)
     stale = event_at(app, 0, generation=2)  # fetched before the current generation
-    for item in (stale, event_at(app, 1)):
-        queue.put_nowait(item)
+    queue = buffer_of(app, stale, event_at(app, 1))
 
     assert await take(channel_events(queue, app), 1) == [1]
     assert not stale.message.acked  # faust's iterator would have acked it: a later commit
@@ -200,10 +203,8 @@ async def test_an_event_from_before_a_rebalance_is_dropped_unacked(app: faust.Ap
 async def test_events_taken_while_the_flow_is_suspended_are_dropped_unacked(
     app: faust.App,
 ) -> None:
-    queue: ThrowableQueue[Any] = ThrowableQueue(maxsize=100, flow_control=app.flow_control)
     during = [event_at(app, offset) for offset in range(2)]
-    for item in during:
-        queue.put_nowait(item)
+    queue = buffer_of(app, *during)
     events = channel_events(queue, app)
     app.flow_control.suspend()  # a rebalance under way: faust seeks back once it is over
     waiting = asyncio.create_task(take(events, 1))
@@ -216,7 +217,7 @@ async def test_events_taken_while_the_flow_is_suspended_are_dropped_unacked(
 
 
 async def test_an_error_faust_throws_into_the_channel_is_raised(app: faust.App) -> None:
-    queue: ThrowableQueue[Any] = ThrowableQueue(maxsize=100, flow_control=app.flow_control)
+    queue = buffer_of(app)
     events = channel_events(queue, app)
     waiting = asyncio.create_task(take(events, 1))
     await asyncio.sleep(0)  # a turn: the reader now waits on the empty queue
