@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 import faust
@@ -117,13 +117,16 @@ YIELD_EVERY = 100  # events taken from a full buffer before other tasks get a tu
 
 
 async def channel_events(
-    queue: asyncio.Queue[Any], app: faust.App
+    queue: asyncio.Queue[Any],
+    app: faust.App,
+    on_drop: Callable[[faust.types.EventT[Any]], None] = lambda event: None,
 ) -> AsyncIterator[faust.types.EventT[Any]]:
     """Yield the events faust delivers to an agent's channel ``queue``, tracked for acking.
 
     An event from before the current rebalance generation, or taken while the flow is
-    suspended, is dropped without an ack (faust's iterator acks it; see the module's note).
-    Events already in the queue are taken without a turn of the event loop each.
+    suspended, is dropped without an ack (faust's iterator acks it; see the module's note) and
+    passed to ``on_drop``. Events already in the queue are taken without a turn of the event
+    loop each.
     """
     consumer = app.consumer
     acking_topics = app.topics.acking_topics
@@ -139,7 +142,8 @@ async def channel_events(
         if not app.flow_control.is_active() or (
             message.generation_id != app.consumer_generation_id
         ):
-            continue  # fetched again from the committed offset once the rebalance is over
+            on_drop(event)  # fetched again from the committed offset once the rebalance is over
+            continue
         if message.topic in acking_topics and not message.tracked:
             message.tracked = True
             consumer.track_message(message)  # unacked until the agent acks it

@@ -435,9 +435,13 @@ def _add_agent(
         batches = asyncio.create_task(
             _run_batches(window, manual, runner, batch, stalls, gate, trim.worked)
         )
+
+        def forget(event: faust.types.EventT[Any]) -> None:
+            gate.read(event_bytes(event))  # a dropped event left faust's buffer: uncounted
+
         try:
             # Not faust's stream iterator: it acks the events a rebalance makes it skip.
-            async for event in channel_events(queue, app):
+            async for event in channel_events(queue, app, on_drop=forget):
                 if stalls is not None:  # waiting from now: in faust's hands, then the window
                     stalls.arrived(event.message.topic, event.message.partition)
                 size = event_bytes(event)
