@@ -3,7 +3,9 @@
 Each agent reads raw bytes with ``concurrency=1`` and acks a batch only after the runner has
 published everything that followed from it, so a crash re-delivers instead of losing work
 (faust acks on exceptions and commits past in-flight events with concurrency > 1: bugs #606,
-#315, see ``docs/faust.md``). The retry tiers are relayed in the same
+#315, see ``docs/faust.md``). It takes its events from faust's buffer itself
+(``consumer.channel_events``): faust's stream iterator acks the events a rebalance makes it
+skip. The retry tiers are relayed in the same
 process, so per-user limits (Gmail quota) live with whoever owns the user's partition.
 
 Memory is bounded in bytes, not records: raw mail goes up to 64 MiB a record, and faust's own
