@@ -132,12 +132,15 @@ async def channel_events(
     acking_topics = app.topics.acking_topics
     since_yield = 0
     while True:
-        if queue.empty() or since_yield >= YIELD_EVERY:
-            since_yield = 0
-            event = await queue.get()  # raises what faust threw into the channel
-        else:
-            since_yield += 1
-            event = queue.get_nowait()
+        try:
+            if queue.empty() or since_yield >= YIELD_EVERY:
+                since_yield = 0
+                event = await queue.get()  # raises what faust threw into the channel
+            else:
+                since_yield += 1
+                event = queue.get_nowait()
+        except StopAsyncIteration:
+            return  # faust ends the channel (a stop, a restart): the iteration ends, as faust's
         message = event.message
         if not app.flow_control.is_active() or (
             message.generation_id != app.consumer_generation_id

@@ -226,3 +226,13 @@ async def test_an_error_faust_throws_into_the_channel_is_raised(app: faust.App) 
     await queue.throw(RuntimeError("consumer crashed"))
     with pytest.raises(RuntimeError, match="consumer crashed"):
         await waiting
+
+
+async def test_the_events_end_when_faust_ends_the_channel(app: faust.App) -> None:
+    queue = buffer_of(app)
+    events = channel_events(queue, app)
+    waiting = asyncio.create_task(take(events, 1))
+    await asyncio.sleep(0)  # a turn: the reader now waits on the empty queue
+    await queue.throw(StopAsyncIteration())  # as faust does when it stops the channel
+    with pytest.raises(StopAsyncIteration):  # the iteration ended; no RuntimeError from it
+        await waiting
