@@ -12,16 +12,16 @@ worker can use every core. Each call runs in one worker process, one call per pr
   other workers and their calls are not touched, unlike ``concurrent.futures``, whose pool breaks
   as a whole when one worker dies.
 
-Workers are fresh interpreters started with :mod:`subprocess` (as multiprocessing's ``spawn``
-would, never ``fork``): the parent runs faust's event loop and several threads, and a forked
-child inherits locks that other threads held at fork time (a deadlock waiting to happen, and
-OpenMP thread pools do not survive a fork). Each talks to the pool over a socket pair with
-multiprocessing's :class:`~multiprocessing.connection.Connection`. ``multiprocessing.Process``
-is not used: its spawn starts a resource-tracker process beside the workers (13 MiB for
-nothing: a worker holds no semaphores or shared memory) and makes each worker import the
-program's main script. A worker imports the modules named in ``preload`` (about half a second)
-before it takes a call, and a deadline never counts a worker's start-up. A worker whose parent
-is gone reads the end of its socket and leaves.
+Workers are forked from a fork server (:mod:`streams.runtime.fork_server`): a fresh,
+single-threaded interpreter that imports the modules named in ``preload`` once (about half a
+second, never counted in a deadline) and then only forks, so workers share its pages and a
+replacement starts in milliseconds. Nothing is ever forked from the pool's own process, which
+runs faust's event loop and several threads (a child would inherit locks other threads held),
+and ``multiprocessing`` is not used: its start methods add a resource-tracker process (13 MiB
+for nothing: a worker holds no semaphores or shared memory) and import the program's main script
+again in each worker. Each worker talks to the pool over its own socket pair with
+multiprocessing's :class:`~multiprocessing.connection.Connection`; one whose pool is gone reads
+the end of its socket and leaves.
 
 Arguments and results are pickled: send the bytes to work on and get the result back, never
 object graphs the worker does not need. The blocking pipe I/O of a call (a 60 MiB
@@ -36,24 +36,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
 import logging
 import os
 import pickle
 import queue
 import signal
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from schemas.errors import StageTimeoutError, TransientError
+from streams.runtime.fork_server import ForkedProcess, ForkServer
 
 __all__ = ["CpuPool", "WorkerLostError"]
 
@@ -70,7 +67,7 @@ class WorkerLostError(StageTimeoutError):
 
 @dataclass(eq=False)  # identity: workers live in a set
 class _Worker:
-    process: subprocess.Popen[bytes]
+    process: ForkedProcess
     conn: Connection
 
     @property
@@ -78,18 +75,18 @@ class _Worker:
         return self.process.pid
 
     def is_alive(self) -> bool:
-        return self.process.poll() is None
+        return self.process.is_alive()
 
     def kill(self) -> None:
         # SIGKILL: a worker finishes its call before it obeys SIGTERM (see `_serve`), and it may
-        # be deep in native code (the embedding engine). A reaped worker is not signalled.
+        # be deep in native code (the embedding engine). An exited worker is not signalled.
         self.process.kill()
 
     def discard(self) -> None:
-        """Kill the process, reap it and close the socket (blocking; on a pool thread)."""
+        """Kill the process, wait for it to exit and close its handles (blocking; pool thread)."""
         self.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
+        self.process.wait(timeout=10)
+        self.process.close()
         self.conn.close()
 
 
@@ -152,17 +149,17 @@ class CpuPool:
         Arguments:
             workers: Worker processes, at least 1; size it to the cores the process may use.
             name: Names the processes and threads (``<name>-worker``), for ``ps`` and logs.
-            preload: Modules a worker imports before it takes calls, so that the first call
-                after a start or a replacement does not spend its deadline importing them.
-            start_timeout: Seconds a new worker may take to start before the call fails with
-                ``TransientError``.
+            preload: Modules the fork server imports before it forks workers: they share them,
+                and no call spends its deadline importing them.
+            start_timeout: Seconds the fork server may take to start (its imports included),
+                and a new worker to answer, before the call fails with ``TransientError``.
         """
         if workers < 1:
             raise ValueError(f"a CPU pool needs at least one worker, got {workers}")
         self.workers = workers
         self.name = name
-        self._preload = tuple(preload)
         self._start_timeout = start_timeout
+        self._server = ForkServer(name, preload, start_timeout)
         # One slot per worker; None until the slot's process is started.
         self._idle: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()
         for _ in range(workers):
@@ -231,6 +228,10 @@ class CpuPool:
         with self._live_lock:
             return sorted(w.pid for w in self._live)
 
+    def fork_server_pid(self) -> int | None:
+        """Return the process id of the pool's fork server while it runs (tests, diagnostics)."""
+        return self._server.pid
+
     def start(self) -> None:
         """Start every worker now instead of on first use (blocking: call it off the loop)."""
         list(self._threads.map(lambda _: self._warm(), range(self.workers)))
@@ -247,6 +248,7 @@ class CpuPool:
             left, self._live = list(self._live), set()
         for worker in left:
             worker.discard()
+        self._server.close()
 
     async def aclose(self) -> None:
         """Stop the workers without blocking the event loop (worker shutdown calls this)."""
@@ -315,12 +317,11 @@ class CpuPool:
 
     def _spawn(self) -> _Worker:
         parent, child = socket.socketpair()
-        with child:
-            process = subprocess.Popen(  # noqa: S603 - this interpreter, our own module
-                _worker_command(child.fileno(), self._preload),
-                pass_fds=(child.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )
+        try:
+            process = self._server.fork(child)
+        except TransientError:
+            parent.close()
+            raise
         conn = Connection(parent.detach())
         worker = _Worker(process, conn)
         with self._live_lock:
@@ -342,19 +343,6 @@ class CpuPool:
         with self._live_lock:
             self._live.discard(worker)
         worker.discard()
-
-
-# A worker's command line: ``python -c _WORKER_CODE FD PATH PRELOAD...``. It looks for modules
-# where this process does (a test's rootdir, a source checkout), as multiprocessing's spawn would.
-_WORKER_CODE = (
-    "import os, sys; sys.path[:0] = sys.argv[2].split(os.pathsep); "
-    "from streams.runtime.cpu_pool import serve_fd; serve_fd(sys.argv[1], sys.argv[3:])"
-)
-
-
-def _worker_command(fd: int, preload: Sequence[str]) -> list[str]:
-    path = os.pathsep.join(entry or str(Path.cwd()) for entry in sys.path)
-    return [sys.executable, "-c", _WORKER_CODE, str(fd), path, *preload]
 
 
 def _unpickle(answer: bytes) -> Any:
@@ -402,19 +390,17 @@ class _Lifecycle:
         self.stopping = True
 
 
-def serve_fd(fd: str, preload: Sequence[str]) -> None:
-    """A worker process's entry point: serve the pool on socket ``fd`` once ``preload`` is in."""
-    _serve(Connection(int(fd)), tuple(preload))
+def serve_connection(fd: int) -> None:
+    """A worker process's entry point (a child of the fork server): serve the pool on ``fd``."""
+    _serve(Connection(fd))
 
 
-def _serve(conn: Connection, preload: tuple[str, ...]) -> None:
+def _serve(conn: Connection) -> None:
     """A worker's main loop: run each call it is sent and send back its result or exception."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     life = _Lifecycle()
     signal.signal(signal.SIGTERM, life.on_term)
-    for module in preload:
-        importlib.import_module(module)
     conn.send(("ready", os.getpid()))
     while not life.stopping:
         try:

@@ -28,3 +28,10 @@ def crash() -> None:
 
 def refuse(reason: str) -> None:
     raise ValueError(reason)
+
+
+def loaded(module: str) -> bool:
+    """Return True if the worker has ``module`` without importing it now."""
+    import sys
+
+    return module in sys.modules

@@ -114,6 +114,49 @@ async def test_a_stopping_process_group_lets_calls_in_flight_finish() -> None:
         await pool.aclose()
 
 
+def memory_kib(pid: int) -> dict[str, int]:
+    """The process's memory by kind, in KiB (``/proc/<pid>/smaps_rollup``)."""
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+    return {line.split()[0].rstrip(":"): int(line.split()[1]) for line in rollup}
+
+
+async def test_workers_share_the_memory_of_what_the_fork_server_imported() -> None:
+    pool = CpuPool(1, name="test-cpu-shared", preload=["streams.stages.mime"])
+    try:
+        worker = await pool.run(cpu_work.pid)
+        memory = memory_kib(worker)
+        # The parser's modules were imported once, by the server: a worker's copy-on-write
+        # share of them is most of its memory, what it wrote itself the lesser part.
+        assert memory["Shared_Dirty"] > memory["Private_Dirty"], memory
+        assert await pool.run(cpu_work.loaded, "streams.stages.mime")
+    finally:
+        await pool.aclose()
+
+
+async def test_workers_keep_serving_when_the_fork_server_dies_and_it_comes_back() -> None:
+    pool = CpuPool(2, name="test-cpu-server")
+    try:
+        pool.start()
+        server = pool.fork_server_pid()
+        assert server is not None
+        os.kill(server, signal.SIGKILL)
+        await async_wait_until(lambda: not alive(server), timeout=10)
+        # The workers talk to the pool, not to the server: they go on.
+        squares = await asyncio.gather(*(pool.run(cpu_work.square, n) for n in range(4)))
+        assert squares == [0, 1, 4, 9]
+        # A worker that dies is replaced by a new server's child.
+        with pytest.raises(WorkerLostError):
+            await pool.run(cpu_work.crash)
+        both = await asyncio.gather(*(pool.run(cpu_work.busy, 0.2) for _ in range(2)))
+        assert len(set(both)) == 2  # the lost worker's slot was filled again
+        restarted = pool.fork_server_pid()
+        assert restarted not in (None, server)
+        assert len(pool.pids()) == 2
+    finally:
+        await pool.aclose()
+    assert not alive(restarted or 0)
+
+
 async def test_exceptions_of_the_function_reach_the_caller(pool: CpuPool) -> None:
     with pytest.raises(ValueError, match="not a message"):
         await pool.run(cpu_work.refuse, "not a message")
@@ -126,8 +169,11 @@ async def test_exceptions_of_the_function_reach_the_caller(pool: CpuPool) -> Non
 async def test_a_closed_pool_refuses_calls_and_leaves_no_process() -> None:
     pool = CpuPool(1, name="test-cpu-closed")
     worker = await pool.run(cpu_work.pid)
+    server = pool.fork_server_pid()
     await pool.aclose()
     assert not alive(worker)
+    assert server is not None
+    assert not alive(server)
     with pytest.raises(RuntimeError, match="closed"):
         await pool.run(cpu_work.square, 2)
 

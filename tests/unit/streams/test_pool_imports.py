@@ -68,38 +68,44 @@ import os, sys, time
 from pathlib import Path
 from streams.runtime.cpu_pool import CpuPool
 
+def children(pid):
+    return sorted(
+        int(stat.parent.name)
+        for stat in Path("/proc").glob("[0-9]*/stat")
+        if stat.read_text().rsplit(")", 1)[1].split()[1] == str(pid)
+    )
+
 pool = CpuPool(2, preload=["streams.stages.mime"])
 pool.start()
-children = sorted(
-    int(stat.parent.name)
-    for stat in Path("/proc").glob("[0-9]*/stat")
-    if stat.read_text().rsplit(")", 1)[1].split()[1] == str(os.getpid())
-)
-print((pool.pids(), children), flush=True)
+mine = children(os.getpid())
+print((pool.pids(), mine, [children(pid) for pid in mine]), flush=True)
 time.sleep(600)
 """
 
 
-def test_a_pool_starts_its_workers_and_nothing_else_and_they_leave_with_it() -> None:
-    # No resource tracker beside the workers (multiprocessing's spawn starts one: 13 MiB); and
-    # a worker whose parent was killed outright reads the end of its socket and exits.
+def test_a_pool_starts_its_fork_server_and_workers_only_and_they_leave_with_it() -> None:
+    # No resource tracker beside them (multiprocessing starts one: 13 MiB); the workers are
+    # children of the fork server, and when the pool's process is killed outright the server
+    # and every worker read the end of their sockets and exit.
     parent = subprocess.Popen(  # noqa: S603 - this interpreter and a fixed snippet
         [sys.executable, "-c", POOL_SCRIPT], stdout=subprocess.PIPE, text=True
     )
     try:
         assert parent.stdout is not None
-        workers, children = eval(parent.stdout.readline())  # noqa: S307 - two lists we printed
+        printed = parent.stdout.readline()
+        workers, children, grandchildren = eval(printed)  # noqa: S307 - lists we printed
     finally:
         parent.kill()
         parent.wait(timeout=30)
         if parent.stdout is not None:
             parent.stdout.close()
     assert len(workers) == 2
-    assert children == workers
+    assert len(children) == 1  # the fork server
+    assert grandchildren == [workers]
     deadline = time.monotonic() + 60
-    while any(map(running, workers)) and time.monotonic() < deadline:
+    while any(map(running, [*children, *workers])) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(map(running, workers))
+    assert not any(map(running, [*children, *workers]))
 
 
 def running(pid: int) -> bool:
