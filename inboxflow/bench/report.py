@@ -132,7 +132,7 @@ def _sink(settings: Settings, scale: Scale) -> Mapping[str, Any]:
 def _pipeline(settings: Settings, scale: Scale) -> Mapping[str, Any]:
     from inboxflow.bench.pipeline import run_pipeline_bench
 
-    messages = 1500 if scale == "small" else 20_000
+    messages = 5000 if scale == "small" else 20_000
     return asyncio.run(run_pipeline_bench(settings, messages)).to_dict()
 
 
@@ -198,8 +198,8 @@ REGISTRY: tuple[BenchEntry, ...] = (
     BenchEntry(
         "pipeline",
         "inboxflow.bench.pipeline",
-        _commands("pipeline --messages 1500", "pipeline --messages 20000"),
-        120,
+        _commands("pipeline --messages 5000", "pipeline --messages 20000"),
+        150,
         _pipeline,
     ),
     BenchEntry(

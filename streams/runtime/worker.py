@@ -77,7 +77,12 @@ WINDOW_EVENTS_PER_BATCH = 10  # taken-not-acked events, in batches: small mail n
 _MIN_FETCH_BYTES = 64 * 1024
 _MAX_FETCH_BYTES = 1024 * 1024  # faust's default
 POLL_RECORDS = 500  # faust's default; short polls keep heartbeats alive (robinhood#402)
-BUFFER_EVENTS = 4096  # faust's default: a backstop, the byte gate comes first
+# faust's buffer ahead of an agent's window, in events (faust's default is 4,096). Each buffered
+# event is a decoded record (5-6 KB for a 3 KB message), and the window (ten batches: 5,000
+# records for normalize) already keeps the stage busy, so a backlog waits in Kafka: the normalize
+# agent peaked 8-9 MiB lower through 15,000 messages, at the same rate. A poll (500) stays under
+# faust's pressure mark (80 %).
+BUFFER_EVENTS = 1000
 
 
 class BufferBudgetError(InboxflowError, ValueError):

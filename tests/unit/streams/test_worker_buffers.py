@@ -49,8 +49,8 @@ def test_raw_mail_is_polled_like_small_records_its_bytes_bounded_by_the_gate() -
     small = plan_buffers(GIB, CATALOGUE.sync.sources)  # 1 MiB records, four topics
 
     assert (raw.largest_record, raw.partitions) == (64 * MIB, 6)
-    # faust's defaults: the count is a backstop, polls of one record per 64 MiB are gone.
-    assert (raw.poll_records, raw.buffer_events) == (500, 4096)
+    # faust's poll: the count is a backstop, polls of one record per 64 MiB are gone.
+    assert (raw.poll_records, raw.buffer_events) == (500, 1000)
     # Six fetches of the largest size, a poll of as much, and two records over the limit.
     assert (raw.fetched_bytes, raw.poll_bytes) == (384 * MIB, 384 * MIB)
     assert raw.window_bytes == 128 * MIB  # two raw messages of the largest size, or 40,000 small
@@ -96,7 +96,7 @@ async def test_the_worker_app_is_configured_from_the_plan() -> None:
     )
     plan = plan_buffers(GIB, [CATALOGUE.message_fetched])
 
-    assert app.conf.stream_buffer_maxsize == plan.buffer_events == 4096
+    assert app.conf.stream_buffer_maxsize == plan.buffer_events == 1000
     assert app.conf.consumer_max_fetch_size == plan.fetch_bytes  # max_partition_fetch_bytes
     assert app.conf.broker_max_poll_records == plan.poll_records
 
