@@ -19,6 +19,14 @@ suspended for one, and acks it. A later commit then moves past a record nobody p
 179 embed jobs never done after a second embed process joined; the embed agent kept reading
 its buffer while faust waited for its batch at work). Here such an event is dropped unacked;
 faust seeks every partition back to its committed offset after a rebalance, so it comes again.
+
+Once every partition's buffer is under pressure (80 % full: the agent's window is full and it
+reads no more), faust's fetcher sleeps a whole second before it looks again, however soon the
+agent takes a batch and the buffers drain, so an agent needed over a second of work in hand or
+its parser processes sat idle. Here the fetcher waits for the first buffer to drain, a second at
+most, as before. Through 15,000 messages with a window of five batches of 500 (not ten), the
+normalize agent ran at 2,100-2,400 messages/s with faust's sleep and 3,000-3,200 without it
+(ten batches: 3,550-3,650; they stay the default).
 """
 
 from __future__ import annotations
@@ -29,7 +37,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Gener
 from typing import Any
 
 import faust
+from faust.transport.consumer import RecordMap
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 from mode.services import WaitArgT, WaitResults
 from mode.utils.times import Seconds
 
@@ -40,7 +50,36 @@ _DRAINING: contextvars.ContextVar[bool] = contextvars.ContextVar("draining", def
 
 
 class DeliveringConsumer(faust_aiokafka.Consumer):
-    """faust's aiokafka consumer whose deliveries run inline until they would wait."""
+    """faust's aiokafka consumer whose deliveries run inline until they would wait, and whose
+    fetcher resumes as soon as a full buffer drains."""
+
+    _drained: asyncio.Event | None = None
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        """faust's: the partition's buffer has room again; and wake a fetcher waiting for it."""
+        super().on_buffer_drop(tp)
+        if self._drained is not None:
+            self._drained.set()
+
+    async def _wait_next_records(
+        self,
+        timeout: float,  # noqa: ASYNC109 - faust's signature
+    ) -> tuple[RecordMap | None, set[TP] | None]:
+        if self._every_buffer_full():
+            if self._drained is None:
+                self._drained = asyncio.Event()
+            self._drained.clear()
+            # Where faust sleeps a second: until a buffer drains, a stop, or that second.
+            await self.wait_first(self._drained.wait(), timeout=1.0)
+            if self._every_buffer_full():
+                return {}, self._get_active_partitions()  # nothing fetched, as after faust's sleep
+        return await super()._wait_next_records(timeout)
+
+    def _every_buffer_full(self) -> bool:
+        """Return True when faust would not fetch: every partition's buffer under pressure."""
+        if not self.flow_active or self.app.client_only or not self._buffered_partitions:
+            return False
+        return not self._get_active_partitions()
 
     async def _drain_messages(self, fetcher: Any) -> None:
         _DRAINING.set(True)  # this task's context only (a task runs in a copy)

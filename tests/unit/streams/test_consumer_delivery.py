@@ -236,3 +236,58 @@ async def test_the_events_end_when_faust_ends_the_channel(app: faust.App) -> Non
     await queue.throw(StopAsyncIteration())  # as faust does when it stops the channel
     with pytest.raises(StopAsyncIteration):  # the iteration ended; no RuntimeError from it
         await waiting
+
+
+# --- the fetcher after a full buffer: on as soon as it drains, not a second later -------------
+
+
+async def test_with_every_buffer_full_the_fetcher_resumes_when_one_drains(
+    consumer: DeliveringConsumer,
+) -> None:
+    tp = faust.types.TP(TOPIC, 0)
+    consumer.flow_active = True
+    consumer._active_partitions = set()  # faust took the partition out: its buffer is full
+    consumer._buffered_partitions = {tp}
+    fetched: list[set[faust.types.TP]] = []
+    slept: list[float] = []
+
+    async def getmany(active_partitions: set[faust.types.TP], timeout: float) -> dict[Any, Any]:
+        fetched.append(set(active_partitions))
+        return {}
+
+    async def sleep(seconds: float) -> None:  # faust's way: a second, whatever happens
+        slept.append(seconds)
+
+    consumer._getmany = getmany  # type: ignore[method-assign]
+    consumer.sleep = sleep  # type: ignore[method-assign]
+    waiting = asyncio.create_task(consumer._wait_next_records(1.0))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not waiting.done()  # nothing to fetch for: it waits
+    assert fetched == []
+
+    consumer.on_buffer_drop(tp)  # the agent took events: the buffer has room again
+
+    records, active = await asyncio.wait_for(waiting, 10)
+    assert fetched == [{tp}]
+    assert active == {tp}
+    assert records == {}
+    assert slept == []
+
+
+async def test_with_room_in_a_buffer_the_fetcher_fetches_at_once(
+    consumer: DeliveringConsumer,
+) -> None:
+    tp = faust.types.TP(TOPIC, 0)
+    consumer.flow_active = True
+    consumer._active_partitions = {tp}
+    consumer._buffered_partitions = set()
+    fetched: list[set[faust.types.TP]] = []
+
+    async def getmany(active_partitions: set[faust.types.TP], timeout: float) -> dict[Any, Any]:
+        fetched.append(set(active_partitions))
+        return {}
+
+    consumer._getmany = getmany  # type: ignore[method-assign]
+    await asyncio.wait_for(consumer._wait_next_records(1.0), 10)
+    assert fetched == [{tp}]
