@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import os
 import pwd
+import random
 import signal
 import socket
 import subprocess
@@ -28,10 +29,34 @@ class StackError(RuntimeError):
 
 
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    """Return a TCP port on 127.0.0.1 that was free a moment ago.
+
+    Picked below the kernel's range of ephemeral ports where it can: a port from that range (what
+    binding port 0 gives) may be taken by any outgoing connection before the service meant to
+    listen on it starts (seen under load: a worker's health port taken while the stack's clients
+    connected to Kafka, and the worker exiting on "address already in use").
+    """
+    below = _ephemeral_ports_start()
+    if below is not None:
+        for _ in range(100):
+            port = _PORTS.randrange(max(1024, below - _LISTEN_PORTS), below)
+            if _bindable(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+_LISTEN_PORTS = 10_000  # how many ports below the ephemeral range free_port picks from
+_PORTS = random.Random()  # noqa: S311 - spreads ports, no secret; seeded per process by the OS
+
+
+def _ephemeral_ports_start() -> int | None:
+    """The first port the kernel hands out to outgoing connections (Linux), else None."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def free_port_block(count: int, attempts: int = 50) -> int:
