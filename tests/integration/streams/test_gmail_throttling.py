@@ -155,7 +155,9 @@ async def test_a_day_long_retry_after_goes_to_the_retry_ladder(
             held = client.limiter(USER).not_before - time.monotonic()
         finally:
             client.close()
-        assert held <= MAX_IN_PROCESS_WAIT_SECONDS + 1.0  # the user's next calls wait this long
+        # The user's next calls wait this long, not a day: the cap, plus the limiter's jitter
+        # (up to a second) and its 10 ms margin.
+        assert held <= MAX_IN_PROCESS_WAIT_SECONDS + 1.0 + 0.01
         raised.append(error.value)
     for exc in raised:
         failure = errors.classify(exc)
