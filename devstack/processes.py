@@ -37,9 +37,9 @@ def free_port() -> int:
     connected to Kafka, and the worker exiting on "address already in use").
     """
     below = _ephemeral_ports_start()
-    if below is not None:
+    if below is not None and below > _FIRST_USER_PORT + _LISTEN_PORTS // 10:
         for _ in range(100):
-            port = _PORTS.randrange(max(1024, below - _LISTEN_PORTS), below)
+            port = _PORTS.randrange(max(_FIRST_USER_PORT, below - _LISTEN_PORTS), below)
             if _bindable(port):
                 return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -48,6 +48,7 @@ def free_port() -> int:
 
 
 _LISTEN_PORTS = 10_000  # how many ports below the ephemeral range free_port picks from
+_FIRST_USER_PORT = 1024  # the ports below need privileges
 _PORTS = random.Random()  # noqa: S311 - spreads ports, no secret; seeded per process by the OS
 
 
