@@ -241,24 +241,34 @@ async def test_the_events_end_when_faust_ends_the_channel(app: faust.App) -> Non
 # --- the fetcher after a full buffer: on as soon as it drains, not a second later -------------
 
 
-async def test_with_every_buffer_full_the_fetcher_resumes_when_one_drains(
-    consumer: DeliveringConsumer,
-) -> None:
-    tp = faust.types.TP(TOPIC, 0)
+def fetching(
+    consumer: DeliveringConsumer, tp: faust.types.TP, *, buffer_full: bool
+) -> list[set[faust.types.TP]]:
+    """Put ``tp``'s buffer in that state and return the partitions of each fetch from now on."""
     consumer.flow_active = True
-    consumer._active_partitions = set()  # faust took the partition out: its buffer is full
-    consumer._buffered_partitions = {tp}
+    # faust takes a partition whose buffer is under pressure out of the active ones.
+    consumer._active_partitions = set() if buffer_full else {tp}
+    consumer._buffered_partitions = {tp} if buffer_full else set()
     fetched: list[set[faust.types.TP]] = []
-    slept: list[float] = []
 
     async def getmany(active_partitions: set[faust.types.TP], timeout: float) -> dict[Any, Any]:
         fetched.append(set(active_partitions))
         return {}
 
+    consumer._getmany = getmany  # type: ignore[method-assign]
+    return fetched
+
+
+async def test_with_every_buffer_full_the_fetcher_resumes_when_one_drains(
+    consumer: DeliveringConsumer,
+) -> None:
+    tp = faust.types.TP(TOPIC, 0)
+    fetched = fetching(consumer, tp, buffer_full=True)
+    slept: list[float] = []
+
     async def sleep(seconds: float) -> None:  # faust's way: a second, whatever happens
         slept.append(seconds)
 
-    consumer._getmany = getmany  # type: ignore[method-assign]
     consumer.sleep = sleep  # type: ignore[method-assign]
     waiting = asyncio.create_task(consumer._wait_next_records(1.0))
     for _ in range(20):
@@ -279,15 +289,6 @@ async def test_with_room_in_a_buffer_the_fetcher_fetches_at_once(
     consumer: DeliveringConsumer,
 ) -> None:
     tp = faust.types.TP(TOPIC, 0)
-    consumer.flow_active = True
-    consumer._active_partitions = {tp}
-    consumer._buffered_partitions = set()
-    fetched: list[set[faust.types.TP]] = []
-
-    async def getmany(active_partitions: set[faust.types.TP], timeout: float) -> dict[Any, Any]:
-        fetched.append(set(active_partitions))
-        return {}
-
-    consumer._getmany = getmany  # type: ignore[method-assign]
+    fetched = fetching(consumer, tp, buffer_full=False)
     await asyncio.wait_for(consumer._wait_next_records(1.0), 10)
     assert fetched == [{tp}]
