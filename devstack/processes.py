@@ -37,7 +37,7 @@ def free_port() -> int:
     connected to Kafka, and the worker exiting on "address already in use").
     """
     below = _ephemeral_ports_start()
-    if below is not None and below > _FIRST_USER_PORT + _LISTEN_PORTS // 10:
+    if below is not None and below > _FIRST_USER_PORT:
         for _ in range(100):
             port = _PORTS.randrange(max(_FIRST_USER_PORT, below - _LISTEN_PORTS), below)
             if _bindable(port):
