@@ -11,6 +11,14 @@ differs. Each runs as its own process, one after the other, on its own throw-awa
 - **naive**: one record at a time, ``send_and_wait``, commit per record.
 - **ceiling**: the pure function alone in one process, no Kafka at all.
 
+A run of several rounds (``--rounds``) measures every side once per round, on fresh topics, in
+an order that flips each round (inboxflow first, then last), and reports each figure's median
+over the rounds; each ratio is the median of the rounds' own ratios (both sides measured minutes
+apart on the same machine state), and ``per_round`` keeps every round's ratios, their spread the
+noise of the machine. On a shared 2-core machine one run of the same commit moves 15-20 %, so a
+single round's ratio says little. The naive peer runs in the first round only: it is a labelled
+baseline thirty times slower, and one round of it takes longer than all other sides together.
+
 Rates count from each side's first output to its last, so process start-up and the group join
 are left out of them (time to first output is a figure of its own). CPU is the process tree's
 user and system time between the first and the last output; peak memory is VmHWM summed over
@@ -25,13 +33,14 @@ import asyncio
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -81,8 +90,24 @@ class PeerRatios:
 
 
 @dataclass(frozen=True)
+class RoundRatios:
+    """inboxflow over one peer in one round, with both sides' rates."""
+
+    round: int
+    peer: str
+    inboxflow_messages_per_second: float
+    peer_messages_per_second: float
+    rate: float
+    cpu_per_message: float
+    peak_pss: float
+
+
+@dataclass(frozen=True)
 class PipelineBenchResult:
-    """Figures of one run; the flat ``naive_*`` and ``ratio`` fields compare with the naive peer."""
+    """Figures of one run; the flat ``naive_*`` and ``ratio`` fields compare with the naive peer.
+
+    With several rounds, each side's figures and each ratio are medians over the rounds.
+    """
 
     messages: int
     inboxflow_messages_per_second: float
@@ -95,6 +120,8 @@ class PipelineBenchResult:
     peers: dict[str, SideFigures]
     ratios: dict[str, PeerRatios]  # inboxflow / peer, by peer name
     ceiling: CeilingResult
+    rounds: int = 1
+    per_round: list[RoundRatios] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict."""
@@ -124,12 +151,22 @@ class PipelineBenchResult:
         lines.append(
             "inboxflow / peer: rate (>1 faster), CPU per message, peak RSS and PSS (<1 cheaper)"
         )
+        if self.rounds > 1:
+            lines.append(f"  (medians of {self.rounds} rounds; each round's ratios below)")
         for name, ratio in self.ratios.items():
             lines.append(
                 f"  {name:<8} rate {ratio.rate:.2f}x  CPU {ratio.cpu_per_message:.2f}x  "
                 f"RSS {ratio.peak_rss:.2f}x  PSS {ratio.peak_pss:.2f}x  "
                 f"first output {ratio.first_output:.2f}x"
             )
+        if self.rounds > 1:
+            for one in self.per_round:
+                lines.append(
+                    f"  round {one.round} {one.peer:<8} rate {one.rate:.2f}x "
+                    f"({one.inboxflow_messages_per_second:,.0f} / "
+                    f"{one.peer_messages_per_second:,.0f} msg/s)  CPU {one.cpu_per_message:.2f}x"
+                    f"  PSS {one.peak_pss:.2f}x"
+                )
         return lines
 
 
@@ -387,17 +424,46 @@ def _ratios(ours: SideFigures, peer: SideFigures) -> PeerRatios:
     )
 
 
+def median_side(rounds: Sequence[SideFigures]) -> SideFigures:
+    """Return a side's figures over rounds: each figure's median (one round: its figures)."""
+    medians: dict[str, Any] = {"name": rounds[0].name}
+    for figure in fields(SideFigures):
+        if figure.name != "name":
+            values = [getattr(one, figure.name) for one in rounds]
+            medians[figure.name] = round(statistics.median(values), 3)
+    return SideFigures(**medians)
+
+
+def median_ratios(rounds: Sequence[PeerRatios]) -> PeerRatios:
+    """Return the median of each ratio over rounds."""
+    return PeerRatios(
+        **{
+            figure.name: round(statistics.median(getattr(one, figure.name) for one in rounds), 2)
+            for figure in fields(PeerRatios)
+        }
+    )
+
+
+def round_order(sides: Sequence[str], index: int) -> list[str]:
+    """Return the order sides run in round ``index`` (from 0): as given, then reversed."""
+    return list(sides) if index % 2 == 0 else list(reversed(sides))
+
+
 async def run_pipeline_bench(
     settings: Settings,
     messages: int = 2000,
     peers: Sequence[str] | None = None,
     quix_python: str | None = None,
+    rounds: int = 1,
 ) -> PipelineBenchResult:
     """Run the agent and each peer, one after the other, on the same messages; return figures.
 
     ``peers`` None runs every peer this machine can: Quix Streams only where its venv is set
     up (logged when it is not). A peer named explicitly must run, or this raises RuntimeError.
+    ``rounds`` measures every side that many times (the naive peer once); see the module.
     """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
     quix_python = quix_python or default_quix_python()
     if peers is None:
         peers = _runnable_peers(quix_python)
@@ -407,48 +473,97 @@ async def run_pipeline_bench(
     # Every side speaks the deployment's wire format (a registry URL in the settings: Confluent).
     serde = serde_from(settings)
     kafka = kafka_from(settings)
-    catalogues = {
-        name: build_catalogue(f"bench-{name}-{uuid.uuid4().hex[:8]}", partitions=_PARTITIONS)
-        for name in ("inboxflow", *peers)
-    }
-    for catalogue in catalogues.values():
-        await ensure_topics(kafka, catalogue.topics)
-        await _produce(kafka, catalogue.message_fetched.name, events, serde)
-
-    await _create_offsets_topic(kafka, catalogues["inboxflow"].message_fetched.name)
-    ours = catalogues["inboxflow"]
-    worker = [sys.executable, "-m", "inboxflow", "worker", "--agent", "normalize"]
-    inboxflow = await _run_side(
-        "inboxflow",
-        worker,
-        _worker_env(settings, ours),
-        kafka,
-        ours.email_normalized.name,
-        messages,
-    )
-    measured: dict[str, SideFigures] = {}
-    for name in peers:
-        catalogue = catalogues[name]
-        python = quix_python if name == "quix" else sys.executable
-        # A peer inherits this environment, so it takes the same INBOXFLOW_KAFKA_* security.
-        argv = [python, "-m", "inboxflow.bench.peers", name, kafka.bootstrap_servers]
-        argv += [catalogue.message_fetched.name, catalogue.email_normalized.name]
-        argv += [catalogue.normalize.group_id, settings.schema_registry_url or ""]
-        measured[name] = await _run_side(
-            name, argv, dict(os.environ), kafka, catalogue.email_normalized.name, messages
+    runs: dict[str, list[SideFigures]] = {name: [] for name in ("inboxflow", *peers)}
+    per_round: list[RoundRatios] = []
+    for index in range(rounds):
+        sides = ["inboxflow", *(p for p in peers if index == 0 or p != "naive")]
+        measured = await _run_round(
+            settings, kafka, serde, events, round_order(sides, index), quix_python
         )
+        for name, figures in measured.items():
+            runs[name].append(figures)
+        per_round += [
+            _round_ratios(index + 1, name, measured["inboxflow"], figures)
+            for name, figures in measured.items()
+            if name != "inboxflow"
+        ]
+    inboxflow = median_side(runs["inboxflow"])
+    medians = {name: median_side(runs[name]) for name in peers}
+    ratios = {
+        name: median_ratios(
+            # The naive peer ran in the first round only: paired with that round's inboxflow.
+            [
+                _ratios(ours, theirs)
+                for ours, theirs in zip(
+                    runs["inboxflow"][: len(runs[name])], runs[name], strict=True
+                )
+            ]
+        )
+        for name in peers
+    }
     ceiling = await _ceiling(messages, settings.schema_registry_url or "")
-    naive = measured.get("naive")
+    naive = medians.get("naive")
     return PipelineBenchResult(
         messages=messages,
         inboxflow_messages_per_second=inboxflow.messages_per_second,
         naive_messages_per_second=naive.messages_per_second if naive else 0.0,
-        ratio=_ratios(inboxflow, naive).rate if naive else 0.0,
+        ratio=ratios["naive"].rate if naive else 0.0,
         inboxflow_startup_seconds=inboxflow.first_output_seconds,
         inboxflow_peak_rss_mib=inboxflow.peak_rss_mib,
         naive_peak_rss_mib=naive.peak_rss_mib if naive else 0.0,
         inboxflow=inboxflow,
-        peers=measured,
-        ratios={name: _ratios(inboxflow, peer) for name, peer in measured.items()},
+        peers=medians,
+        ratios=ratios,
         ceiling=ceiling,
+        rounds=rounds,
+        per_round=per_round if rounds > 1 else [],
+    )
+
+
+async def _run_round(
+    settings: Settings,
+    kafka: KafkaClients,
+    serde: Serde,
+    events: list[GmailMessageFetched],
+    sides: Sequence[str],
+    quix_python: str,
+) -> dict[str, SideFigures]:
+    """Run each side once, in ``sides``' order, each on topics of its own; figures by name."""
+    messages = len(events)
+    catalogues = {
+        name: build_catalogue(f"bench-{name}-{uuid.uuid4().hex[:8]}", partitions=_PARTITIONS)
+        for name in sides
+    }
+    for catalogue in catalogues.values():
+        await ensure_topics(kafka, catalogue.topics)
+        await _produce(kafka, catalogue.message_fetched.name, events, serde)
+    await _create_offsets_topic(kafka, catalogues[sides[0]].message_fetched.name)
+    measured: dict[str, SideFigures] = {}
+    for name in sides:
+        catalogue = catalogues[name]
+        if name == "inboxflow":
+            argv = [sys.executable, "-m", "inboxflow", "worker", "--agent", "normalize"]
+            env = _worker_env(settings, catalogue)
+        else:
+            python = quix_python if name == "quix" else sys.executable
+            # A peer inherits this environment, so it takes the same INBOXFLOW_KAFKA_* security.
+            argv = [python, "-m", "inboxflow.bench.peers", name, kafka.bootstrap_servers]
+            argv += [catalogue.message_fetched.name, catalogue.email_normalized.name]
+            argv += [catalogue.normalize.group_id, settings.schema_registry_url or ""]
+            env = dict(os.environ)
+        topic = catalogue.email_normalized.name
+        measured[name] = await _run_side(name, argv, env, kafka, topic, messages)
+    return {name: measured[name] for name in ("inboxflow", *PEERS) if name in measured}
+
+
+def _round_ratios(index: int, peer: str, ours: SideFigures, theirs: SideFigures) -> RoundRatios:
+    ratios = _ratios(ours, theirs)
+    return RoundRatios(
+        round=index,
+        peer=peer,
+        inboxflow_messages_per_second=ours.messages_per_second,
+        peer_messages_per_second=theirs.messages_per_second,
+        rate=ratios.rate,
+        cpu_per_message=ratios.cpu_per_message,
+        peak_pss=ratios.peak_pss,
     )

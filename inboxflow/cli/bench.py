@@ -69,6 +69,14 @@ def _on_a_stack(settings: Settings) -> Iterator[Settings]:
     help="normalize: the agent against its peers; all: every stage and sink as processes "
     "(the same as `bench stages`, 1 and 2 processes per group).",
 )
+@click.option(
+    "--rounds",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Measure every side this many times, in alternating order, and report medians "
+    "(the naive peer runs once).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.pass_context
 def pipeline_bench(
@@ -77,6 +85,7 @@ def pipeline_bench(
     peers: tuple[str, ...],
     quix_python: str | None,
     stages: str,
+    rounds: int,
     as_json: bool,
 ) -> None:
     """The normalize agent against Quix Streams, batched and naive aiokafka, same messages."""
@@ -86,7 +95,9 @@ def pipeline_bench(
     settings: Settings = ctx.obj
     try:
         with _on_a_stack(settings) as ready:
-            result = asyncio.run(run_pipeline_bench(ready, messages, peers or None, quix_python))
+            result = asyncio.run(
+                run_pipeline_bench(ready, messages, peers or None, quix_python, rounds)
+            )
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
