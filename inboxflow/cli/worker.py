@@ -38,7 +38,8 @@ def worker(settings: Settings, agent: str | None) -> None:
     if agent is not None:
         run_agent(agent, settings)
         return
-    group = start_all(dict(os.environ))
+    # Forked from this process, which runs no thread: the children share what it imports.
+    group = start_all(dict(os.environ), fork=True)
     stop = False
 
     def request_stop(signum: int, frame: object) -> None:
