@@ -20,7 +20,6 @@ import gc
 import importlib
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from inboxflow.logs import bind
 from inboxflow.settings import Settings
 from inboxflow.wiring import AGENTS, POSTGRES_AGENTS, build_worker, catalogue_from, kafka_from
 from schemas.errors import TransientError
+from streams.runtime.fork_server import ForkedProcess
 from streams.runtime.heap import settle_after_start
 from streams.runtime.liveness import StallTracker, export_stalls
 from topics.kafka import KafkaClients
@@ -168,8 +168,8 @@ class ForkedChild:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.returncode: int | None = None
-        # The pid stays ours until we reap it; the pidfd lets `wait` sleep until the child exits.
-        self._pidfd = os.pidfd_open(pid)
+        # The pid stays ours until we reap it; its pidfd lets `wait` sleep until the child exits.
+        self._exits = ForkedProcess(pid, os.pidfd_open(pid))
 
     def poll(self) -> int | None:
         """Return the exit code once the child has exited (reaping it), else None."""
@@ -177,16 +177,13 @@ class ForkedChild:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
-                os.close(self._pidfd)
+                self._exits.close()
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         """Return the exit code; raises ``subprocess.TimeoutExpired`` after ``timeout`` s."""
-        if self.returncode is None:
-            poll = select.poll()
-            poll.register(self._pidfd, select.POLLIN)  # readable once the child has exited
-            if not poll.poll(None if timeout is None else timeout * 1000):
-                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0.0)
+        if self.returncode is None and not self._exits.wait(timeout):
+            raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0.0)
         code = self.poll()
         if code is None:  # cannot happen: the pidfd said the child exited
             raise ChildProcessError(f"pid {self.pid} exited but was not reaped")

@@ -67,15 +67,15 @@ class ForkedProcess:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
-    def wait(self, timeout: float) -> bool:
-        """Return True once the process has exited, waiting up to ``timeout`` seconds."""
+    def wait(self, timeout: float | None) -> bool:
+        """Return True once the process has exited, waiting up to ``timeout`` s (None: for ever)."""
         with self._lock:
             pidfd = self._pidfd
         if pidfd < 0:
             return True
         poll = select.poll()
         poll.register(pidfd, select.POLLIN)  # a pidfd reads as ready once its process exits
-        return bool(poll.poll(timeout * 1000))
+        return bool(poll.poll(None if timeout is None else timeout * 1000))
 
     def close(self) -> None:
         """Release the pidfd (the process is not touched)."""
