@@ -54,6 +54,12 @@ PRODUCER_BATCH_BYTES = 256 * 1024
 # Bounds memory per partition, not record size: a fetch still returns at least one whole batch
 # however large (KIP-74), so a 64 MiB record is read all the same.
 MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
+# How often aiokafka's background fetcher looks for work when nothing woke it (its
+# ``consumer_timeout_ms``, 200 ms by default). A fetch answered, records taken, a partition
+# resumed or an assignment lost wake it at once; this only bounds an idle consumer's polling.
+# Idle, those five wake-ups a second were a third of a worker fleet's CPU (nine processes:
+# 3.18 -> 2.07 CPU-seconds a minute with 2 s), and a worker is idle most of its months.
+FETCHER_RECHECK_MS = 2000
 
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -288,6 +294,7 @@ class KafkaClients:
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
             "max_partition_fetch_bytes": MAX_PARTITION_FETCH_BYTES,
+            "consumer_timeout_ms": FETCHER_RECHECK_MS,
             **overrides,
         }
         return AIOKafkaConsumer(

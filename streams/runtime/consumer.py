@@ -27,6 +27,10 @@ its parser processes sat idle. Here the fetcher waits for the first buffer to dr
 most, as before. Through 15,000 messages with a window of five batches of 500 (not ten), the
 normalize agent ran at 2,100-2,400 messages/s with faust's sleep and 3,000-3,200 without it
 (ten batches: 3,550-3,650; they stay the default).
+
+faust builds its aiokafka consumer with aiokafka's 200 ms idle re-check of the background
+fetcher; here it gets ``topics.kafka.FETCHER_RECHECK_MS`` like every other consumer inboxflow
+makes (see there: what an idle worker spends).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
+import aiokafka
 import faust
 from faust.transport.consumer import RecordMap
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -43,10 +48,21 @@ from faust.types import TP
 from mode.services import WaitArgT, WaitResults
 from mode.utils.times import Seconds
 
+from topics.kafka import FETCHER_RECHECK_MS
+
 __all__ = ["DeliveringConsumer", "DeliveringTransport", "channel_events"]
 
 # Set in the fetcher's draining task only: wait_first takes the short way for its calls alone.
 _DRAINING: contextvars.ContextVar[bool] = contextvars.ContextVar("draining", default=False)
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # faust passes no ``consumer_timeout_ms``; aiokafka keeps it here until start() hands it
+        # to its fetcher (a unit test fails if a new aiokafka no longer does).
+        consumer._consumer_timeout = FETCHER_RECHECK_MS / 1000
+        return consumer
 
 
 class DeliveringConsumer(faust_aiokafka.Consumer):
@@ -54,6 +70,9 @@ class DeliveringConsumer(faust_aiokafka.Consumer):
     fetcher resumes as soon as a full buffer drains."""
 
     _drained: asyncio.Event | None = None
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def on_buffer_drop(self, tp: TP) -> None:
         """faust's: the partition's buffer has room again; and wake a fetcher waiting for it."""
