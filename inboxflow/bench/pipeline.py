@@ -57,7 +57,7 @@ from topics.kafka import KafkaClients
 
 log = logging.getLogger(__name__)
 
-_PARTITIONS = 3
+PARTITIONS = 3
 PEERS = ("quix", "batched", "naive")
 
 
@@ -199,7 +199,7 @@ def as_fetched(
     )
 
 
-async def _produce(
+async def produce_events(
     kafka: KafkaClients, topic: str, events: list[GmailMessageFetched], serde: Serde
 ) -> None:
     async with kafka.started(kafka.producer()) as producer:
@@ -223,7 +223,7 @@ class _Watch:
     peak_pss_mib: float = 0.0
 
 
-async def _watch(
+async def watch_outputs(
     kafka: KafkaClients, topic: str, count: int, process: asyncio.subprocess.Process
 ) -> _Watch:
     """Read the side's outputs as they come; sample its CPU at the first and the last."""
@@ -238,12 +238,12 @@ async def _watch(
             now = time.monotonic()
             got = sum(len(records) for records in batch.values())
             if got and not watch.arrivals:
-                watch.cpu_at_first = _tree_cpu_seconds(process.pid)
+                watch.cpu_at_first = tree_cpu_seconds(process.pid)
                 watch.main_cpu_at_first = _cpu_seconds(process.pid)
             watch.arrivals += [now] * got
     if len(watch.arrivals) < count:
         raise TimeoutError(f"only {len(watch.arrivals)} of {count} outputs on {topic}")
-    watch.cpu_at_last = _tree_cpu_seconds(process.pid)
+    watch.cpu_at_last = tree_cpu_seconds(process.pid)
     watch.main_cpu_at_last = _cpu_seconds(process.pid)
     watch.peak_rss_mib = _tree_peak_rss_mib(process.pid)
     watch.main_peak_rss_mib = _peak_rss_mib(process.pid)
@@ -270,7 +270,7 @@ def _tree(pid: int) -> list[int]:
     return tree
 
 
-def _tree_cpu_seconds(pid: int) -> float:
+def tree_cpu_seconds(pid: int) -> float:
     return sum(_cpu_seconds(member) for member in _tree(pid))
 
 
@@ -318,7 +318,7 @@ async def _run_side(
             *argv, env=env, stdout=subprocess.DEVNULL, stderr=stderr
         )
         try:
-            watch = await _watch(kafka, topic, count, process)
+            watch = await watch_outputs(kafka, topic, count, process)
         except (RuntimeError, TimeoutError) as exc:
             stderr.seek(0)
             tail = stderr.read().decode(errors="replace")[-2000:]
@@ -350,7 +350,7 @@ def _worker_env(settings: Settings, catalogue: Catalogue) -> dict[str, str]:
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
         "DATABASE_URL": settings.database_url.get_secret_value(),
         "INBOXFLOW_TOPIC_NAMESPACE": catalogue.namespace,
-        "INBOXFLOW_TOPIC_PARTITIONS": str(_PARTITIONS),
+        "INBOXFLOW_TOPIC_PARTITIONS": str(PARTITIONS),
     }
     env.pop("INBOXFLOW_SCHEMA_REGISTRY_URL", None)
     if settings.schema_registry_url:
@@ -381,7 +381,7 @@ def require_quixstreams(python: str) -> None:
         )
 
 
-def _runnable_peers(quix_python: str) -> tuple[str, ...]:
+def runnable_peers(quix_python: str) -> tuple[str, ...]:
     try:
         require_quixstreams(quix_python)
     except RuntimeError as exc:
@@ -466,7 +466,7 @@ async def run_pipeline_bench(
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     quix_python = quix_python or default_quix_python()
     if peers is None:
-        peers = _runnable_peers(quix_python)
+        peers = runnable_peers(quix_python)
     elif "quix" in peers:
         require_quixstreams(quix_python)
     events = fetched_events(messages)
@@ -531,29 +531,35 @@ async def _run_round(
     """Run each side once, in ``sides``' order, each on topics of its own; figures by name."""
     messages = len(events)
     catalogues = {
-        name: build_catalogue(f"bench-{name}-{uuid.uuid4().hex[:8]}", partitions=_PARTITIONS)
+        name: build_catalogue(f"bench-{name}-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
         for name in sides
     }
     for catalogue in catalogues.values():
         await ensure_topics(kafka, catalogue.topics)
-        await _produce(kafka, catalogue.message_fetched.name, events, serde)
+        await produce_events(kafka, catalogue.message_fetched.name, events, serde)
     await _create_offsets_topic(kafka, catalogues[sides[0]].message_fetched.name)
     measured: dict[str, SideFigures] = {}
     for name in sides:
         catalogue = catalogues[name]
-        if name == "inboxflow":
-            argv = [sys.executable, "-m", "inboxflow", "worker", "--agent", "normalize"]
-            env = _worker_env(settings, catalogue)
-        else:
-            python = quix_python if name == "quix" else sys.executable
-            # A peer inherits this environment, so it takes the same INBOXFLOW_KAFKA_* security.
-            argv = [python, "-m", "inboxflow.bench.peers", name, kafka.bootstrap_servers]
-            argv += [catalogue.message_fetched.name, catalogue.email_normalized.name]
-            argv += [catalogue.normalize.group_id, settings.schema_registry_url or ""]
-            env = dict(os.environ)
+        argv, env = side_command(name, settings, catalogue, quix_python)
         topic = catalogue.email_normalized.name
         measured[name] = await _run_side(name, argv, env, kafka, topic, messages)
     return {name: measured[name] for name in ("inboxflow", *PEERS) if name in measured}
+
+
+def side_command(
+    name: str, settings: Settings, catalogue: Catalogue, quix_python: str
+) -> tuple[list[str], dict[str, str]]:
+    """Return the argv and environment of side ``name`` on ``catalogue``'s normalize topics."""
+    if name == "inboxflow":
+        argv = [sys.executable, "-m", "inboxflow", "worker", "--agent", "normalize"]
+        return argv, _worker_env(settings, catalogue)
+    python = quix_python if name == "quix" else sys.executable
+    # A peer inherits this environment, so it takes the same INBOXFLOW_KAFKA_* security.
+    argv = [python, "-m", "inboxflow.bench.peers", name, settings.kafka_bootstrap_servers]
+    argv += [catalogue.message_fetched.name, catalogue.email_normalized.name]
+    argv += [catalogue.normalize.group_id, settings.schema_registry_url or ""]
+    return argv, dict(os.environ)
 
 
 def _round_ratios(index: int, peer: str, ours: SideFigures, theirs: SideFigures) -> RoundRatios:

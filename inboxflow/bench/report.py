@@ -161,6 +161,12 @@ def _latency(settings: Settings, scale: Scale) -> Mapping[str, Any]:
     return run_latency_bench(settings, burst, steady).to_dict()
 
 
+def _idle(settings: Settings, scale: Scale) -> Mapping[str, Any]:
+    from inboxflow.bench.idle import run_idle_bench
+
+    return asyncio.run(run_idle_bench(settings, 30.0 if scale == "small" else 300.0)).to_dict()
+
+
 def _normalize(settings: Settings, scale: Scale) -> Mapping[str, Any]:
     from inboxflow.bench.normalize import run_normalize_bench
 
@@ -231,6 +237,13 @@ REGISTRY: tuple[BenchEntry, ...] = (
         ),
         120,
         _latency,
+    ),
+    BenchEntry(
+        "idle",
+        "inboxflow.bench.idle",
+        _commands("idle --seconds 30", "idle --seconds 300"),
+        90,
+        _idle,
     ),
     BenchEntry(
         "normalize",

@@ -354,6 +354,33 @@ def latency_bench(settings: Settings, burst: int, steady_seconds: float, as_json
     )
 
 
+@bench.command("idle")
+@click.option("--seconds", default=60.0, show_default=True, help="The idle window measured.")
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    type=click.Choice(["quix", "batched"]),
+    help="Peers to run (repeatable); default: each this machine can run.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.pass_obj
+def idle_bench(settings: Settings, seconds: float, peers: tuple[str, ...], as_json: bool) -> None:
+    """CPU the normalize agent and its peers spend while no mail comes, side by side."""
+    from inboxflow.bench.idle import run_idle_bench
+
+    with _on_a_stack(settings) as ready:
+        result = asyncio.run(run_idle_bench(ready, seconds, list(peers) or None))
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    click.echo(f"idle for {result.seconds:.0f} s after one message each")
+    for name, cpu in result.cpu_seconds_per_minute.items():
+        ratio = result.ratios.get(name)
+        versus = f"  (inboxflow / {name}: {ratio:.2f}x)" if ratio is not None else ""
+        click.echo(f"{name:10} {cpu:6.3f} CPU-s a minute{versus}")
+
+
 @bench.command("all")
 @click.option("--scale", type=click.Choice(["small", "large"]), default="small", show_default=True)
 @click.option(
