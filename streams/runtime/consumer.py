@@ -60,7 +60,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # faust passes no ``consumer_timeout_ms``; aiokafka keeps it here until start() hands it
-        # to its fetcher (a unit test fails if a new aiokafka no longer does).
+        # to its fetcher (tests/integration/streams/test_fetcher_recheck.py fails if one stops).
         consumer._consumer_timeout = FETCHER_RECHECK_MS / 1000
         return consumer
 
